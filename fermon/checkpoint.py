@@ -1,0 +1,166 @@
+"""The fermon checkpoint: one safetensors file, its JSON metadata in the header. Never unpickled.
+
+Metadata (key ``fermon`` of the safetensors header, a JSON object): ``format``, ``name``,
+``method``, ``architecture`` (the whole :class:`~fermon.model.Architecture`), ``class_names`` in
+logit order, ``prompts``, ``text_encoder``, ``crop`` (template points, size and colour),
+``temperature`` (calibration, applied at inference), ``training`` (data, recipe), ``metrics``
+(validation figures) and ``content_sha256``, a hash of the tensors that loading verifies. The
+class text embeddings are the tensor ``class_embeddings``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from fermon.errors import ModelError
+from fermon.model import KE2NT, Architecture
+
+FORMAT = "fermon-checkpoint/1"
+METADATA_KEY = "fermon"
+DEFAULT_CHECKPOINT_NAME = "ke2nt_cnn48_ferplus.safetensors"
+
+
+def default_checkpoint_path() -> Path:
+    """The embedded default checkpoint inside the installed package."""
+    return Path(str(resources.files("fermon").joinpath("weights", DEFAULT_CHECKPOINT_NAME)))
+
+
+def resolve_checkpoint(spec: str | os.PathLike[str] | None) -> Path:
+    """``None`` or ``"default"`` means the embedded default; anything else is a path."""
+    if spec is None or str(spec) == "default":
+        return default_checkpoint_path()
+    return Path(spec)
+
+
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensor names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: tensors and metadata, before a model is built from them."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture.from_dict(self.metadata["architecture"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata.get("temperature", 1.0))
+
+    @property
+    def short_hash(self) -> str:
+        return self.metadata["content_sha256"][:16]
+
+    def build_model(self) -> KE2NT:
+        """A KE2NT model in eval mode with these weights, in float32."""
+        model = KE2NT(
+            self.architecture,
+            self.tensors["class_embeddings"],
+            logit_scale=float(self.tensors["logit_scale"].float().exp()),
+        )
+        state = {
+            name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in self.tensors.items()
+        }
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(
+                f"{self.path.name}: weights do not fit the architecture "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        return model.eval()
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], model: KE2NT, metadata: dict[str, Any], half: bool = True
+) -> dict[str, Any]:
+    """Write the model's inference weights (fp16 by default) and metadata; return the metadata written."""
+    tensors = {}
+    for name, tensor in model.inference_state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        # BatchNorm statistics and the logit scale stay float32: fp16 buys nothing there.
+        keep_fp32 = "running_" in name or name == "logit_scale"
+        tensors[name] = tensor.half() if half and tensor.is_floating_point() and not keep_fp32 else tensor
+    full = dict(metadata)
+    full.update(
+        format=FORMAT,
+        architecture=model.architecture.to_dict(),
+        content_sha256=content_hash(tensors),
+    )
+    full.setdefault("temperature", 1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(full, sort_keys=True)})
+    os.replace(temporary, path)
+    return full
+
+
+def load_checkpoint(spec: str | os.PathLike[str] | None = None) -> Checkpoint:
+    """Read and verify a checkpoint (``None``/``"default"``: the embedded one)."""
+    path = resolve_checkpoint(spec)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"{path.name}: not a safetensors checkpoint ({error})") from error
+    if METADATA_KEY not in header:
+        raise ModelError(f"{path.name}: safetensors file without fermon metadata")
+    metadata = json.loads(header[METADATA_KEY])
+    if metadata.get("format") != FORMAT:
+        raise ModelError(f"{path.name}: unsupported checkpoint format {metadata.get('format')!r}")
+    if content_hash(tensors) != metadata.get("content_sha256"):
+        raise ModelError(f"{path.name}: content hash mismatch, the file is damaged")
+    return Checkpoint(tensors=tensors, metadata=metadata, path=path)
+
+
+def write_untrained_checkpoint(
+    path: str | os.PathLike[str], architecture: str = "cnn48", seed: int = 0, embedding_dim: int = 384
+) -> dict[str, Any]:
+    """A valid checkpoint with random weights, for building and testing the pipeline without training.
+
+    Its metadata says ``"method": "untrained"``; its probabilities mean nothing.
+    """
+    from fermon.model import load_architecture
+    from fermon.vocab import canonical_classes, crop_template
+
+    torch.manual_seed(seed)
+    arch = load_architecture(architecture)
+    classes = canonical_classes()
+    model = KE2NT(arch, torch.randn(len(classes), embedding_dim))
+    template = crop_template(arch.crop)
+    metadata = {
+        "name": f"untrained-{architecture}",
+        "method": "untrained",
+        "class_names": classes,
+        "crop": {"template": arch.crop, "size": template["size"], "points": template["points"], "colour": arch.colour},
+        "temperature": 1.0,
+    }
+    return save_checkpoint(path, model.eval(), metadata)

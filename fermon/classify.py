@@ -1,0 +1,89 @@
+"""Stage: face crops in, calibrated class probabilities out.
+
+Crops are uint8 (N, H, W, C) at the checkpoint's input size and colour (see :mod:`fermon.align`).
+Probabilities are ``softmax(logits / temperature)``, with the temperature fitted on validation data
+when the checkpoint was exported.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from fermon.checkpoint import Checkpoint, load_checkpoint
+from fermon.errors import UsageError
+from fermon.model import KE2NT, Architecture
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def normalise_batch(images: np.ndarray, architecture: Architecture, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, C) to normalised float (N, C, H, W), channels-last in memory."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(architecture.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(architecture.std, device=device).view(1, -1, 1, 1)
+    return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def batched_logits(
+    model: KE2NT,
+    images: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    half: bool = False,
+) -> np.ndarray:
+    """Raw (uncalibrated) logits for many crops, in batches."""
+    device = torch.device(device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = normalise_batch(images[start : start + batch_size], model.architecture, device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=half and device.type == "cuda"):
+            out.append(model(batch).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class ExpressionClassifier:
+    """A loaded checkpoint ready to classify crops: model on its device, calibration applied."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", batch_size: int = 64) -> None:
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.half = self.device.type == "cuda"
+        self.model = checkpoint.build_model().to(self.device).to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, spec: str | os.PathLike[str] | None = None, **kwargs: object) -> ExpressionClassifier:
+        return cls(load_checkpoint(spec), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.checkpoint.class_names
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.checkpoint.architecture
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        return batched_logits(self.model, crops, self.device, self.batch_size, self.half)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, float32 (N, classes) in ``class_names`` order."""
+        return softmax(self.logits(crops), self.checkpoint.temperature).astype(np.float32)

@@ -1,0 +1,42 @@
+"""``fermon classify``: the expression of every face in still images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fermon.cli._common import exit_on_error
+
+
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' (the embedded model).")] = "default",
+    detector: Annotated[str, typer.Option(help="auto, centerface or scrfd.")] = "auto",
+    model_dir: Annotated[Optional[Path], typer.Option(help="insightface model pack for SCRFD.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Detect, align and classify every face in the given images."""
+    from fermon.classify import ExpressionClassifier
+    from fermon.detect import create_detector
+    from fermon.errors import InputError
+    from fermon.images import classify_image_files
+
+    with exit_on_error():
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: no such file")
+        classifier = ExpressionClassifier.load(checkpoint, device=device)
+        faces = classify_image_files(images, create_detector(detector, model_dir, device=device), classifier)
+    for face in faces:
+        if json_out:
+            typer.echo(json.dumps(asdict(face)))
+        else:
+            x1, y1, x2, y2 = (round(v) for v in face.box)
+            typer.echo(f"{face.image}\t[{x1},{y1},{x2},{y2}]\t{face.label}\t{face.confidence:.2f}")
+    if not json_out:
+        typer.echo(f"{len(faces)} face(s) in {len(images)} image(s)", err=True)

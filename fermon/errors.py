@@ -1,0 +1,52 @@
+"""One exception hierarchy for fermon. Library code raises these; only the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+import os
+
+
+class FermonError(Exception):
+    """Base of every error fermon raises on purpose. ``exit_code`` follows sysexits(3)."""
+
+    exit_code: int = 70  # EX_SOFTWARE
+
+
+class UsageError(FermonError):
+    """The command line or a configuration value is wrong."""
+
+    exit_code = 64  # EX_USAGE
+
+
+class InputError(FermonError):
+    """An input file is missing, unreadable or not what it claims to be."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
+class DataError(InputError):
+    """An input exists but its content is bad (corrupt video, malformed label file)."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class ModelError(FermonError):
+    """A model, checkpoint or vocabulary cannot be loaded or does not fit."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class OutputError(FermonError):
+    """An output cannot be written, or another run holds the output folder."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
+class BusyError(OutputError):
+    """Another fermon run holds the output folder's lock."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+def describe_path(path: str | os.PathLike[str]) -> str:
+    """A path as shown in messages: as given, never expanded to an absolute path."""
+    return os.fspath(path)

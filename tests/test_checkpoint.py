@@ -1,0 +1,78 @@
+"""The checkpoint format: safetensors plus JSON metadata, verified on load, never unpickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from fermon.checkpoint import load_checkpoint, save_checkpoint
+from fermon.errors import ModelError
+from fermon.model import KE2NT, load_architecture
+
+
+def _model(architecture: str = "cnn48") -> KE2NT:
+    torch.manual_seed(0)
+    model = KE2NT(load_architecture(architecture), torch.randn(8, 24), logit_scale=30.0, with_neutral_transform=True)
+    # Give BatchNorm non-trivial statistics, as a trained model has.
+    model.train()
+    channels = model.architecture.in_chans
+    size = model.architecture.input_size
+    with torch.no_grad():
+        model(torch.randn(4, channels, size, size))
+    return model.eval()
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_round_trip_gives_identical_outputs(tmp_path: Path, half: bool) -> None:
+    model = _model()
+    if half:  # what is saved in fp16 must load back to exactly the fp16-rounded model
+        model.load_state_dict(
+            {
+                k: v.half().float() if v.is_floating_point() and "running_" not in k and k != "logit_scale" else v
+                for k, v in model.inference_state_dict().items()
+            },
+            strict=False,
+        )
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, {"name": "t", "class_names": list("abcdefgh"), "temperature": 1.5}, half=half)
+    loaded = load_checkpoint(path)
+    images = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded.build_model()(images), model(images))
+    assert loaded.temperature == 1.5 and loaded.class_names == list("abcdefgh")
+    assert loaded.architecture == model.architecture
+
+
+def test_metadata_lives_in_the_safetensors_header_without_training_parts(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, _model(), {"name": "t", "class_names": list("abcdefgh")})
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = json.loads(handle.metadata()["fermon"])
+        names = list(handle.keys())
+        assert handle.get_tensor("backbone.stages.0.0.0.weight").dtype == torch.float16
+    assert metadata["architecture"]["backbone"] == "fermon_vgg"
+    assert len(metadata["content_sha256"]) == 64
+    assert "class_embeddings" in names and not any(n.startswith("neutral_transform") for n in names)
+
+
+def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, _model(), {"name": "t", "class_names": list("abcdefgh")})
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip bits inside the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="content hash"):
+        load_checkpoint(path)
+
+
+def test_a_pickle_file_is_refused_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ModelError, match="not a safetensors checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(ModelError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")

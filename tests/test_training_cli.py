@@ -1,0 +1,117 @@
+"""``python -m training``: one real training step and evaluation on tiny fixtures the test writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fermon.checkpoint import load_checkpoint
+from tests.fixtures import FERPLUS_ROWS, write_ferplus
+from training.__main__ import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ferplus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ferplus")
+    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * 6)]
+    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
+        write_ferplus(root, split, rows)
+    return root
+
+
+@pytest.mark.parametrize("method", ["ke2nt", "ce"])
+def test_train_one_epoch_exports_a_checkpoint_that_evaluate_reads(
+    ferplus_root: Path, tmp_path: Path, method: str
+) -> None:
+    out = tmp_path / f"{method}.safetensors"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--root",
+            str(ferplus_root),
+            "--method",
+            method,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--limit",
+            "16",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.metadata["method"] == method
+    assert checkpoint.metadata["training"]["selected_on"] == "valid"
+    assert checkpoint.temperature > 0
+    assert (tmp_path / "state" / "metrics.jsonl").read_text().count("\n") == 1
+
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--dataset",
+            "ferplus",
+            "--root",
+            str(ferplus_root),
+            "--split",
+            "test",
+            "--checkpoint",
+            str(out),
+            "--json",
+            str(report_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["n"] == 24  # 36 rows, 12 with majority unknown or not-a-face dropped
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert set(report["per_class_recall"]) == {
+        "neutral",
+        "happiness",
+        "surprise",
+        "sadness",
+        "anger",
+        "disgust",
+        "fear",
+        "contempt",
+    }
+    assert {"ece", "nll", "confusion_matrix"} <= set(report)
+
+
+def test_rerun_resumes_instead_of_starting_over(ferplus_root: Path, tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--root",
+        str(ferplus_root),
+        "--batch-size",
+        "8",
+        "--limit",
+        "16",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--out",
+        str(tmp_path / "m.safetensors"),
+    ]
+    assert runner.invoke(app, [*args, "--epochs", "1"]).exit_code == 0
+    result = runner.invoke(app, [*args, "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "state" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_evaluate_on_missing_split_fails_with_one_line_and_exit_66(tmp_path: Path, untrained_checkpoint: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--root", str(tmp_path), "--checkpoint", str(untrained_checkpoint)])
+    assert result.exit_code == 66
+    assert "label.csv" in result.output

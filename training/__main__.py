@@ -1,0 +1,175 @@
+"""``python -m training``: train, evaluate and export fermon's expression models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fermon.errors import FermonError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and evaluate fermon's expression models.")
+
+
+def _fail(error: FermonError) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(error.exit_code)
+
+
+@app.command()
+def train(
+    root: Annotated[Path, typer.Option(help="Dataset folder (for FERPlus: the folder holding data/).")],
+    out: Annotated[Path, typer.Option(help="Where to write the exported checkpoint (.safetensors).")],
+    dataset: Annotated[str, typer.Option(help="ferplus, rafdb, affectnet7, affectnet8 or folder.")] = "ferplus",
+    method: Annotated[str, typer.Option(help="ke2nt, or ce (the cross-entropy-only baseline).")] = "ke2nt",
+    architecture: Annotated[str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, or any timm name.")] = "cnn48",
+    epochs: int = 50,
+    batch_size: int = 64,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Peak learning rate [default: 0.002 with --init, else 0.1].")
+    ] = None,
+    nesterov: bool = False,
+    weight_decay: float = 5e-4,
+    warmup_epochs: float = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="Weight EMA decay; 0 turns it off.")] = 0.0,
+    label_mode: Annotated[
+        str, typer.Option(help="soft (vote shares, where the dataset has votes) or majority.")
+    ] = "soft",
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Backbone weights (safetensors) to start from.")] = None,
+    text_encoder: Annotated[str, typer.Option(help="minilm[:PATH] or open_clip:ARCH@WEIGHTS.")] = "minilm",
+    center_text: Annotated[bool, typer.Option(help="Remove the prompts' shared component before use.")] = True,
+    logit_scale: Annotated[float, typer.Option(help="Cosine-logit scale (CLIP's is 100).")] = 100.0,
+    transform_weight: float = 1.0,
+    contrast_weight: float = 1.0,
+    pairing: Annotated[
+        str, typer.Option(help="Self-contrast pairs: own (per sample) or batch (reference code).")
+    ] = "own",
+    amp: Annotated[str, typer.Option(help="bf16 autocast: auto, on or off.")] = "auto",
+    seed: int = 0,
+    state_dir: Annotated[
+        Optional[Path], typer.Option(help="Resumable state [default: ~/.cache/fermon/runs/...].")
+    ] = None,
+    device: str = "auto",
+    name: Annotated[Optional[str], typer.Option(help="Model name written into the checkpoint.")] = None,
+    full_precision: Annotated[bool, typer.Option(help="Store float32 weights instead of float16.")] = False,
+) -> None:
+    """Train one model (resuming if its state exists) and export its best validation epoch."""
+    from training.export import export_run
+    from training.loop import TrainConfig
+    from training.loop import train as run_training
+
+    config = TrainConfig(
+        root=root,
+        dataset=dataset,
+        method=method,
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        ema_decay=ema_decay,
+        label_mode=label_mode,
+        limit=limit,
+        init=init,
+        text_encoder=text_encoder,
+        center_text=center_text,
+        logit_scale=logit_scale,
+        transform_weight=transform_weight,
+        contrast_weight=contrast_weight,
+        pairing=pairing,
+        amp=amp,
+        seed=seed,
+        state_dir=state_dir,
+        device=device,
+    )
+
+    def report(record: dict) -> None:
+        typer.echo(
+            f"epoch {record['epoch']}/{epochs}  loss {record['train_total']:.3f}  "
+            f"val acc {record['val_accuracy']:.4f}  nll {record['val_nll']:.3f}  ({record['seconds']:.0f} s)",
+            err=True,
+        )
+
+    try:
+        result = run_training(config, on_epoch=report)
+        from training.datasets import read_dataset
+
+        val = read_dataset(dataset, root, config.val_split, result.architecture.input_size, result.architecture.colour)
+        metadata = export_run(result, val, out, name or f"{method}-{architecture}-{dataset}", half=not full_precision)
+    except FermonError as error:
+        _fail(error)
+    metrics = metadata["metrics"]
+    typer.echo(
+        f"wrote {out}: best epoch {result.best_epoch}, {metrics['split']} accuracy {metrics['accuracy']:.4f}, "
+        f"ECE {metrics['ece']:.4f} at temperature {metadata['temperature']:.3f}"
+    )
+
+
+@app.command()
+def evaluate(
+    root: Annotated[Path, typer.Option(help="Dataset folder (for FERPlus: the folder holding data/).")],
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' for the embedded one.")] = "default",
+    dataset: str = "ferplus",
+    split: str = "test",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report here.")] = None,
+    corrupt: Annotated[
+        Optional[str], typer.Option(help="Corrupt images first: eyes, mouth, random, blur, lowlight.")
+    ] = None,
+    limit: Optional[int] = None,
+    device: str = "auto",
+) -> None:
+    """Accuracy, per-class recall, confusion matrix, ECE and NLL of a checkpoint on one split."""
+    from training.evaluate import evaluate_checkpoint
+
+    try:
+        report = evaluate_checkpoint(checkpoint, dataset, root, split, device=device, limit=limit, corrupt=corrupt)
+    except FermonError as error:
+        _fail(error)
+    text = json.dumps(report, indent=2)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    typer.echo(
+        f"{dataset} {split}: accuracy {report['accuracy']:.4f} on {report['n']} faces, "
+        f"ECE {report['ece']:.4f}, NLL {report['nll']:.4f}"
+    )
+
+
+@app.command("measure-crop")
+def measure_crop(
+    root: Annotated[Path, typer.Option(help="Dataset folder.")],
+    dataset: str = "ferplus",
+    split: str = "train",
+    limit: Annotated[int, typer.Option(help="How many faces to measure.")] = 3000,
+) -> None:
+    """Measure where the detector puts the five landmarks in a dataset's crops (a crop template)."""
+    from training.crop_template import measure_landmarks, symmetric_template
+    from training.datasets import read_dataset
+
+    try:
+        faces = read_dataset(dataset, root, split, 48, "gray", limit)
+    except FermonError as error:
+        _fail(error)
+    landmarks = measure_landmarks(faces)
+    size = faces.images.shape[1]
+    typer.echo(
+        json.dumps(
+            {"size": size, "faces": len(faces), "found": len(landmarks), "points": symmetric_template(landmarks, size)}
+        )
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Batched augmentation on normalised tensors (see :func:`fermon.classify.normalise_batch`).
+
+One random affine warp per image (rotation, scale, shift: it covers the crop-to-crop variation a
+detector's landmarks give at run time), horizontal flip, brightness/contrast jitter, and random
+erasing (rectangles of noise: occlusion by hands, tubes and pillows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Augmentation:
+    rotate_degrees: float = 12.0
+    scale_range: tuple[float, float] = (0.88, 1.12)
+    shift: float = 0.08
+    flip: bool = True
+    jitter: float = 0.25
+    erase_probability: float = 0.5
+    erase_area: tuple[float, float] = (0.02, 0.25)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = batch.shape[0]
+        device = batch.device
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.rand(n, device=device, generator=generator) * (high - low) + low
+
+        angle = uniform(-self.rotate_degrees, self.rotate_degrees) * math.pi / 180
+        scale = uniform(*self.scale_range)
+        flip = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0) if self.flip else 1.0
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin, uniform(-self.shift, self.shift) * 2], dim=1),
+                torch.stack([sin * flip, cos, uniform(-self.shift, self.shift) * 2], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        contrast = uniform(1 - self.jitter, 1 + self.jitter).view(n, 1, 1, 1)
+        brightness = uniform(-self.jitter, self.jitter).view(n, 1, 1, 1)
+        out = out * contrast + brightness
+        return self._erase(out, generator).contiguous(memory_format=torch.channels_last)
+
+    def _erase(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        n, _, height, width = batch.shape
+        rand = torch.rand(n, 4, generator=generator, device=batch.device).cpu().numpy()
+        apply = torch.rand(n, generator=generator, device=batch.device).cpu().numpy() < self.erase_probability
+        for i in np.flatnonzero(apply):
+            area = (self.erase_area[0] + rand[i, 0] * (self.erase_area[1] - self.erase_area[0])) * height * width
+            aspect = math.exp((rand[i, 1] - 0.5) * math.log(9))  # aspect ratio in [1/3, 3]
+            h = min(height, round(math.sqrt(area * aspect)))
+            w = min(width, round(math.sqrt(area / aspect)))
+            top = int(rand[i, 2] * (height - h + 1))
+            left = int(rand[i, 3] * (width - w + 1))
+            batch[i, :, top : top + h, left : left + w] = torch.randn(
+                batch.shape[1], h, w, generator=generator, device=batch.device
+            )
+        return batch

@@ -1,0 +1,60 @@
+"""Measure a dataset's face framing as a crop template: where a detector puts the five landmarks.
+
+FERPlus faces are loose 48x48 crops, not aligned ones. Run-time crops must frame faces the same
+way, so the template is measured on the training faces themselves: each face is upscaled onto a
+grey canvas (CenterFace needs context around a face), detected, and the median landmark positions
+are taken, then made left-right symmetric.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fermon.detect import CenterFaceDetector
+from training.datasets import LabelledFaces
+
+UPSCALE = 4
+CANVAS = 320
+
+
+def _on_canvas(face: np.ndarray) -> np.ndarray:
+    import cv2
+
+    size = face.shape[0] * UPSCALE
+    big = cv2.resize(face[:, :, 0] if face.ndim == 3 else face, (size, size), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((CANVAS, CANVAS), 128, np.uint8)
+    offset = (CANVAS - size) // 2
+    canvas[offset : offset + size, offset : offset + size] = big
+    return np.repeat(canvas[:, :, None], 3, axis=2)
+
+
+def measure_landmarks(faces: LabelledFaces, batch: int = 32) -> np.ndarray:
+    """The best face's landmarks in each image where one is found, in the faces' own pixels: (M, 5, 2)."""
+    detector = CenterFaceDetector(max_side=CANVAS)
+    size = faces.images.shape[1]
+    offset = (CANVAS - size * UPSCALE) // 2
+    found = []
+    for start in range(0, len(faces), batch):
+        canvases = [_on_canvas(face) for face in faces.images[start : start + batch]]
+        for detections in detector.detect(canvases):
+            if len(detections):
+                found.append((detections.landmarks[0] - offset) / UPSCALE)
+    return np.asarray(found, dtype=np.float32).reshape(-1, 5, 2)
+
+
+def symmetric_template(landmarks: np.ndarray, size: int) -> list[list[float]]:
+    """Median positions, mirrored pairs averaged so the template is symmetric about the centre."""
+    median = np.median(landmarks, axis=0)
+    centre = size / 2
+    eye_dx = (median[1, 0] - median[0, 0]) / 2
+    mouth_dx = (median[4, 0] - median[3, 0]) / 2
+    eye_y = (median[0, 1] + median[1, 1]) / 2
+    mouth_y = (median[3, 1] + median[4, 1]) / 2
+    points = [
+        [centre - eye_dx, eye_y],
+        [centre + eye_dx, eye_y],
+        [centre, median[2, 1]],
+        [centre - mouth_dx, mouth_y],
+        [centre + mouth_dx, mouth_y],
+    ]
+    return [[round(float(x), 2), round(float(y), 2)] for x, y in points]

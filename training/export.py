@@ -1,0 +1,91 @@
+"""Export a trained run to a fermon checkpoint, with a temperature fitted on validation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+import fermon
+from fermon.checkpoint import save_checkpoint
+from fermon.classify import batched_logits, softmax
+from fermon.model import KE2NT
+from fermon.vocab import class_prompts, crop_template
+from training.datasets import LabelledFaces
+from training.loop import TrainResult
+from training.metrics import classification_report, negative_log_likelihood
+from training.state import load_weights
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 that minimises the NLL of ``softmax(logits / T)`` (Guo et al. 2017)."""
+
+    def nll(log_t: float) -> float:
+        return negative_log_likelihood(softmax(logits, float(np.exp(log_t))), labels)
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(100.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def crop_metadata(template_name: str, colour: str) -> dict[str, Any]:
+    template = crop_template(template_name)
+    return {"template": template_name, "size": template["size"], "points": template["points"], "colour": colour}
+
+
+def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, half: bool = True) -> dict[str, Any]:
+    """Best-epoch weights to ``out``; returns the checkpoint metadata (validation metrics included)."""
+    architecture = result.architecture
+    model = KE2NT(architecture, result.class_embeddings, logit_scale=result.config.logit_scale)
+    tensors, _ = load_weights(result.best_weights)
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("neutral_transform.")})
+    model.eval()
+    if half:  # calibrate what will ship: the fp16 weights, read back as float32
+        model.load_state_dict(
+            {
+                k: (v.half().float() if v.is_floating_point() and "running_" not in k else v)
+                for k, v in model.state_dict().items()
+            }
+        )
+    logits = batched_logits(model, val.images, torch.device("cpu"))
+    temperature = fit_temperature(logits, val.labels)
+    before = classification_report(softmax(logits), val.labels, val.class_names)
+    after = classification_report(softmax(logits, temperature), val.labels, val.class_names)
+    config = result.config
+    metadata = {
+        "name": name,
+        "method": config.method,
+        "class_names": result.class_names,
+        "prompts": class_prompts(result.class_names, config.prompt_template) if config.method != "ce" else None,
+        "text_encoder": config.text_encoder if config.method != "ce" else None,
+        "text_centered": config.center_text if config.method != "ce" else None,
+        "crop": crop_metadata(architecture.crop, architecture.colour),
+        "temperature": temperature,
+        "fermon_version": fermon.__version__,
+        "training": {
+            "dataset": config.dataset,
+            "split": "train",
+            "images": int(result.config.limit or 0) or None,
+            "label_mode": config.label_mode,
+            "epochs": config.epochs,
+            "best_epoch": result.best_epoch,
+            "batch_size": config.batch_size,
+            "lr": config.learning_rate(),
+            "seed": config.seed,
+            "init": Path(config.init).name if config.init else None,
+            "selected_on": config.val_split,
+        },
+        "metrics": {
+            "split": config.val_split,
+            "n": after["n"],
+            "accuracy": after["accuracy"],
+            "mean_class_recall": after["mean_class_recall"],
+            "nll_uncalibrated": before["nll"],
+            "ece_uncalibrated": before["ece"],
+            "nll": after["nll"],
+            "ece": after["ece"],
+        },
+    }
+    return save_checkpoint(out, model, metadata, half=half)
