@@ -1,0 +1,167 @@
+"""The run ledger (SQLite in the output folder) and the folder lock.
+
+The ledger records, per session, the fingerprints of its videos and of the model and options that
+shape its timeline, so that a rerun skips what is done and unchanged. Only the client process writes
+it; workers return results.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fermon.errors import BusyError, OutputError
+
+LEDGER_NAME = "fermon-ledger.sqlite"
+LOCK_NAME = ".fermon.lock"
+_MIB = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    videos TEXT NOT NULL,            -- JSON list of relative paths
+    input_fingerprint TEXT NOT NULL,
+    config_fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,            -- running, done, failed
+    error TEXT,
+    output TEXT,                     -- relative to the output folder
+    rows INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    seconds REAL,
+    details TEXT                     -- JSON: decode gaps, per-video facts
+)
+"""
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of the size and the first and last MiB: cheap on long videos, and independent of mtime
+    so that copying a folder does not force a rerun."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_MIB))
+        if size > _MIB:
+            handle.seek(max(_MIB, size - _MIB))
+            digest.update(handle.read(_MIB))
+    return digest.hexdigest()
+
+
+def json_fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class LedgerEntry:
+    session_id: str
+    input_fingerprint: str
+    config_fingerprint: str
+    status: str
+    error: str | None
+    output: str | None
+
+
+class Ledger:
+    """SQLite ledger; one connection, used from the client process only."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / LEDGER_NAME
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(_SCHEMA)
+            self.db.commit()
+        except sqlite3.Error as error:
+            raise OutputError(f"{LEDGER_NAME}: cannot open the run ledger ({error})") from error
+
+    def get(self, session_id: str) -> LedgerEntry | None:
+        row = self.db.execute(
+            "SELECT session_id, input_fingerprint, config_fingerprint, status, error, output"
+            " FROM sessions WHERE session_id=?",
+            (session_id,),
+        ).fetchone()
+        return LedgerEntry(*row) if row else None
+
+    def is_done(self, session_id: str, input_fp: str, config_fp: str, out_dir: Path) -> bool:
+        entry = self.get(session_id)
+        return (
+            entry is not None
+            and entry.status == "done"
+            and entry.input_fingerprint == input_fp
+            and entry.config_fingerprint == config_fp
+            and entry.output is not None
+            and (out_dir / entry.output).is_file()
+        )
+
+    def start(self, session_id: str, videos: list[str], input_fp: str, config_fp: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO sessions (session_id, videos, input_fingerprint, config_fingerprint, status,"
+            " started_at) VALUES (?, ?, ?, ?, 'running', ?)",
+            (session_id, json.dumps(videos), input_fp, config_fp, time.time()),
+        )
+        self.db.commit()
+
+    def finish(
+        self,
+        session_id: str,
+        status: str,
+        error: str | None = None,
+        output: str | None = None,
+        rows: int | None = None,
+        seconds: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE sessions SET status=?, error=?, output=?, rows=?, finished_at=?, seconds=?, details=?"
+            " WHERE session_id=?",
+            (status, error, output, rows, time.time(), seconds, json.dumps(details or {}), session_id),
+        )
+        self.db.commit()
+
+    def all(self) -> list[dict[str, Any]]:
+        cursor = self.db.execute("SELECT * FROM sessions ORDER BY session_id")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class FolderLock:
+    """An exclusive, non-blocking fcntl lock on a file in the output folder. The kernel releases it
+    when the process dies, so a killed run never leaves the folder locked."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / LOCK_NAME
+        self.handle: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"{self.path.parent}: cannot create the lock file ({error})") from error
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.handle)
+            self.handle = None
+            raise BusyError(
+                f"{self.path.parent}: another fermon run is using this output folder; try again when it ends"
+            ) from None
+        os.ftruncate(self.handle, 0)
+        os.write(self.handle, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            os.close(self.handle)
+            self.handle = None

@@ -1,0 +1,99 @@
+"""Stage: the timeline table (Arrow schema, footer metadata) and its atomic Parquet write.
+
+One row per sampled frame and face, plus one row for each sampled frame without a face. The footer
+carries what is needed to interpret and reproduce it, as JSON under the key ``fermon``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fermon.errors import OutputError
+
+METADATA_KEY = b"fermon"
+TIMELINES_DIR = "timelines"
+BBOX_COLUMNS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+
+
+def timeline_schema(class_names: list[str], metadata: dict[str, Any] | None = None) -> pa.Schema:
+    fields = [
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("video", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("face_detected", pa.bool_(), nullable=False),
+        pa.field("track_id", pa.int32()),
+        pa.field("is_target", pa.bool_(), nullable=False),
+        pa.field("det_score", pa.float32()),
+        *(pa.field(name, pa.float32()) for name in BBOX_COLUMNS),
+        pa.field("label", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("confidence", pa.float32()),
+        *(pa.field(f"prob_{name}", pa.float32()) for name in class_names),
+    ]
+    extra = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata is not None else None
+    return pa.schema(fields, metadata=extra)
+
+
+def build_table(columns: dict[str, np.ndarray | list], class_names: list[str], metadata: dict[str, Any]) -> pa.Table:
+    """An Arrow table from column arrays; float NaN means null in the per-face columns.
+
+    ``label_index`` (int, -1 for no face) is turned into the dictionary-encoded ``label``.
+    """
+    schema = timeline_schema(class_names, metadata)
+    face = np.asarray(columns["face_detected"], bool)
+    arrays = {}
+    for field in schema:
+        if field.name == "label":
+            index = np.asarray(columns["label_index"], np.int32)
+            arrays["label"] = pa.DictionaryArray.from_arrays(
+                pa.array(index, pa.int32(), mask=index < 0), pa.array(class_names, pa.string())
+            )
+        elif field.name == "track_id":
+            arrays["track_id"] = pa.array(np.asarray(columns["track_id"], np.int32), pa.int32(), mask=~face)
+        elif field.type == pa.float32():
+            values = np.asarray(columns[field.name], np.float32)
+            arrays[field.name] = pa.array(values, pa.float32(), mask=np.isnan(values))
+        else:
+            arrays[field.name] = pa.array(columns[field.name], field.type)
+    return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def timeline_path(out_dir: Path, session_id: str) -> Path:
+    return out_dir / TIMELINES_DIR / f"{session_id}.parquet"
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a hidden temporary name in the same folder, then rename: readers of the folder
+    (pyarrow ignores names starting with '.') never see a partial file, even after kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, temporary, compression="zstd")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"{path.name}: cannot write timeline ({error})") from error
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Temporary files left by a killed run (call only while holding the folder lock)."""
+    folder = out_dir / TIMELINES_DIR
+    stale = list(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The ``fermon`` footer metadata of a timeline file."""
+    schema = pq.read_schema(path)
+    return json.loads((schema.metadata or {})[METADATA_KEY])

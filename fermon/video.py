@@ -1,0 +1,289 @@
+"""Stage: find video inputs, probe them, and decode sampled frames in bounded segments with decord.
+
+decord leaks native memory on long videos and raises on damaged stretches, so the reader is reopened
+per segment and frames are fetched in small batches; a batch that fails is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from fermon.errors import DataError, InputError, UsageError
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
+SEGMENT_SAMPLES = 600  # sampled frames per VideoReader instance
+BATCH_SAMPLES = 8  # frames per get_batch call: the unit that is skipped when decoding fails
+
+# Codec tags searched in the container header; decord does not report the codec.
+_CODEC_TAGS = {
+    b"avc1": "h264",
+    b"avc3": "h264",
+    b"hvc1": "hevc",
+    b"hev1": "hevc",
+    b"mp4v": "mpeg4",
+    b"vp09": "vp9",
+    b"av01": "av1",
+    b"V_MPEG4/ISO/AVC": "h264",
+    b"V_MPEGH/ISO/HEVC": "hevc",
+    b"V_VP9": "vp9",
+    b"V_VP8": "vp8",
+    b"V_AV1": "av1",
+    b"H264": "h264",
+    b"h264": "h264",
+    b"XVID": "mpeg4",
+    b"FMP4": "mpeg4",
+    b"MJPG": "mjpeg",
+}
+
+
+# decord prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ", sometimes twice.
+_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """A video found among the inputs: where it is, and its path relative to the input root."""
+
+    path: Path
+    relative: str  # POSIX path relative to the input root: the only form written to outputs
+
+
+@dataclass
+class Session:
+    """One timeline: one video, or a folder's videos as consecutive chunks of one time axis."""
+
+    session_id: str
+    videos: list[VideoFile]
+
+
+@dataclass
+class Inputs:
+    sessions: list[Session]
+    skipped: list[str] = field(default_factory=list)  # relative paths of files that are not videos
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    frame_count: int
+    duration_s: float
+    codec: str
+    width: int
+    height: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class FrameBatch:
+    """Sampled frames decoded together: indices into the video, container timestamps, RGB pixels."""
+
+    frame_indices: np.ndarray  # int64 (B,)
+    timestamps_s: np.ndarray  # float64 (B,), seconds from the video's start
+    frames: np.ndarray  # uint8 (B, H, W, 3)
+
+
+@dataclass
+class DecodeGap:
+    """A stretch of sampled frames that could not be decoded and was skipped."""
+
+    first_frame: int
+    last_frame: int
+    start_s: float
+    end_s: float
+    reason: str
+
+
+def looks_like_video(path: Path) -> bool:
+    """Magic bytes of ISO-BMFF (mp4/mov/m4v), Matroska/WebM and AVI containers."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+
+
+def is_video_candidate(path: Path) -> bool:
+    """A video suffix, or video content under another name. A corrupt file with a video suffix stays a
+    candidate so that it is reported as failed rather than silently skipped."""
+    return path.suffix.lower() in VIDEO_SUFFIXES or looks_like_video(path)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(folder) / name
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("._") or "session"
+
+
+def session_id_for(relative: str) -> str:
+    """A file-name-safe id from a relative path: 'ward 3/pt01.mp4' -> 'ward_3__pt01'."""
+    path = PurePosixPath(relative)
+    return _safe(path.with_suffix("").as_posix() if path.suffix else relative)
+
+
+def _unique(ids: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in ids:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(name if count == 0 else f"{name}-{count + 1}")
+    return out
+
+
+def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
+    """Video files among the given files and folders (searched recursively), grouped into sessions."""
+    if session_by not in ("file", "folder"):
+        raise UsageError(f"--session-by must be 'file' or 'folder', not {session_by!r}")
+    videos: list[VideoFile] = []
+    skipped: list[str] = []
+    for given in paths:
+        if not given.exists():
+            raise InputError(f"{given}: no such file or folder")
+        root, files = (given, list(_walk(given))) if given.is_dir() else (given.parent, [given])
+        for file in files:
+            relative = file.relative_to(root).as_posix()
+            if is_video_candidate(file):
+                videos.append(VideoFile(file, relative))
+            else:
+                skipped.append(relative)
+    return Inputs(group_sessions(videos, session_by), skipped)
+
+
+def _parent(relative: str) -> str:
+    return relative.rsplit("/", 1)[0] if "/" in relative else ""
+
+
+def group_sessions(videos: list[VideoFile], session_by: str) -> list[Session]:
+    """``file``: a session per video. ``folder``: a session per folder, its videos in name order."""
+    if session_by == "file":
+        ids = _unique([session_id_for(v.relative) for v in videos])
+        return [Session(sid, [v]) for sid, v in zip(ids, videos, strict=True)]
+    groups: dict[Path, list[VideoFile]] = {}
+    for video in videos:
+        groups.setdefault(video.path.parent.resolve(), []).append(video)
+    members = [sorted(group, key=lambda v: v.path.name) for group in groups.values()]
+    names = [_safe(_parent(group[0].relative) or group[0].path.parent.resolve().name) for group in members]
+    return [Session(sid, group) for sid, group in zip(_unique(names), members, strict=True)]
+
+
+def codec_of(path: Path) -> str:
+    """The video codec named in the container header (first and last MiB), or 'unknown'."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        data = handle.read(1 << 20)
+        if size > 2 << 20:
+            handle.seek(size - (1 << 20))
+            data += handle.read()
+    positions = {tag: data.find(tag) for tag in _CODEC_TAGS}
+    found = [(pos, tag) for tag, pos in positions.items() if pos >= 0]
+    return _CODEC_TAGS[min(found)[1]] if found else "unknown"
+
+
+def _first_line(error: BaseException, video: VideoFile) -> str:
+    """The first line of a decord error, without the absolute path it embeds."""
+    text = _LOG_PREFIX.sub("", str(error)).strip().splitlines()
+    line = (text[0] if text else type(error).__name__).replace(str(video.path), video.relative)
+    return line.replace(str(video.path.resolve()), video.relative)[:200]
+
+
+def open_reader(video: VideoFile):
+    """A decord VideoReader, or DataError naming the file with a one-line reason."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg log lines would name absolute paths
+    if not video.path.is_file():
+        raise InputError(f"{video.relative}: no such file")
+    if video.path.stat().st_size == 0:
+        raise DataError(f"{video.relative}: empty file")
+    try:
+        reader = decord.VideoReader(str(video.path), ctx=decord.cpu(0), num_threads=1)
+    except (RuntimeError, decord.DECORDError) as error:
+        raise DataError(f"{video.relative}: not a readable video ({_first_line(error, video)})") from error
+    if len(reader) == 0:
+        raise DataError(f"{video.relative}: no video frames")
+    return reader
+
+
+def probe(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
+    """Container facts and every frame's start time in seconds (read from the index, not decoded)."""
+    reader = open_reader(video)
+    count = len(reader)
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64)
+        height, width = _frame_size(reader)
+        fps = float(reader.get_avg_fps())
+    finally:
+        del reader
+    starts = stamps[:, 0]
+    duration = float(stamps[-1, 1]) if count else 0.0
+    info = VideoInfo(fps, count, duration, codec_of(video.path), width, height, video.path.stat().st_size)
+    return info, starts
+
+
+def _frame_size(reader) -> tuple[int, int]:
+    # decord decodes the first frame to learn its shape; that is cheap and happens once per video.
+    shape = reader[0].shape
+    reader.seek(0)
+    return int(shape[0]), int(shape[1])
+
+
+def sample_indices(starts: np.ndarray, fps: float) -> np.ndarray:
+    """Frames to sample: every frame for fps 0, else the first frame at or after each multiple of 1/fps."""
+    if fps <= 0:
+        return np.arange(len(starts), dtype=np.int64)
+    times = np.arange(0.0, float(starts[-1]) + 1e-9, 1.0 / fps)
+    # A small tolerance: container times are rounded to the time base.
+    indices = np.searchsorted(starts, times - 1e-6, side="left")
+    indices = indices[indices < len(starts)]
+    return np.unique(indices).astype(np.int64)
+
+
+def iter_batches(
+    video: VideoFile,
+    indices: np.ndarray,
+    starts: np.ndarray,
+    gaps: list[DecodeGap],
+    segment: int = SEGMENT_SAMPLES,
+    batch: int = BATCH_SAMPLES,
+) -> Iterator[FrameBatch]:
+    """Decode the sampled frames in order; memory is bounded by one batch and one reader."""
+    import decord
+
+    for seg_start in range(0, len(indices), segment):
+        reader = open_reader(video)  # a fresh reader per segment: decord's native memory grows otherwise
+        segment_indices = indices[seg_start : seg_start + segment]
+        failed_before = False
+        for start in range(0, len(segment_indices), batch):
+            chunk = segment_indices[start : start + batch]
+            try:
+                frames = reader.get_batch(chunk.tolist()).asnumpy()
+            except (decord.DECORDError, RuntimeError) as error:
+                if failed_before:  # one gap record per damaged stretch, not per batch
+                    gaps[-1].last_frame, gaps[-1].end_s = int(chunk[-1]), float(starts[chunk[-1]])
+                else:
+                    first, last = int(chunk[0]), int(chunk[-1])
+                    reason = _first_line(error, video)
+                    gaps.append(DecodeGap(first, last, float(starts[first]), float(starts[last]), reason))
+                failed_before = True
+                del reader
+                reader = open_reader(video)  # the reader may be left mid-seek after an error
+                continue
+            failed_before = False
+            yield FrameBatch(chunk.astype(np.int64), starts[chunk].astype(np.float64), frames)
+        del reader
