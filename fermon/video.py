@@ -247,9 +247,12 @@ def sample_indices(starts: np.ndarray, fps: float) -> np.ndarray:
     """Frames to sample: every frame for fps 0, else the first frame at or after each multiple of 1/fps."""
     if fps <= 0:
         return np.arange(len(starts), dtype=np.int64)
-    times = np.arange(0.0, float(starts[-1]) + 1e-9, 1.0 / fps)
-    # A small tolerance: container times are rounded to the time base.
-    indices = np.searchsorted(starts, times - 1e-6, side="left")
+    # decord gives times as float32 (1.8 s reads 1.79999995; an hour in, the step is ~0.2 ms), and
+    # containers round them to their time base: 1 ms of tolerance absorbs both.
+    tolerance = 1e-3
+    count = int(np.floor((float(starts[-1]) + tolerance) * fps)) + 1
+    times = np.arange(count, dtype=np.float64) / fps
+    indices = np.searchsorted(starts, times - tolerance, side="left")
     indices = indices[indices < len(starts)]
     return np.unique(indices).astype(np.int64)
 

@@ -148,3 +148,14 @@ def test_largest_target_weighs_presence_not_one_big_glimpse() -> None:
     tracks = np.array([0] * 9 + [1])
     boxes = np.stack([patient] * 9 + [visitor])
     assert choose_targets(tracks, boxes, "largest") == {0}
+
+
+def test_sampling_keeps_the_last_frame_despite_float32_timestamps() -> None:
+    # decord's float32 view of a 10-frame, 5 fps clip: the last start reads 1.79999995, not 1.8.
+    starts = (np.arange(10) / 5).astype(np.float32)
+    assert sample_indices(starts, 5.0).tolist() == list(range(10))
+    assert sample_indices(starts, 2.5).tolist() == [0, 2, 4, 6, 8]
+    # Two hours at 25 fps, sampled at 5 per second: one sample every fifth frame, none lost.
+    long = (np.arange(2 * 3600 * 25) / 25).astype(np.float32)
+    picked = sample_indices(long, 5.0)
+    assert len(picked) == 2 * 3600 * 5 and np.all(np.diff(picked) == 5)

@@ -69,6 +69,7 @@ class TrainConfig:
     state_dir: Path | None = None
     device: str = "auto"
     val_split: str = "valid"
+    # Free-form notes recorded with the run and in its checkpoint's training metadata.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def learning_rate(self) -> float:
@@ -88,6 +89,7 @@ class TrainResult:
     best_epoch: int
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    train_images: int
     architecture: Architecture
     class_names: list[str]
     class_embeddings: torch.Tensor
@@ -166,6 +168,23 @@ def evaluate_model(model: torch.nn.Module, data: LabelledFaces, device: torch.de
     logits = batched_logits(model, data.images, device)  # type: ignore[arg-type]
     report = classification_report(softmax(logits), data.labels, data.class_names)
     return {k: report[k] for k in ("accuracy", "mean_class_recall", "nll", "ece", "per_class_recall")}
+
+
+def select_on_validation(
+    model: KE2NT, ema: ModelEmaV3 | None, val: LabelledFaces, device: torch.device
+) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """The better of the raw and the EMA weights on validation, which one, and its metrics.
+
+    An EMA of weights is not always a good model: early in a run at a high learning rate the
+    averaged weights and the averaged BatchNorm statistics disagree (seen here: 72% raw, 37% EMA
+    after 5 epochs), so both are measured and the better one is kept.
+    """
+    candidates: list[tuple[torch.nn.Module, str]] = [(model, "raw")]
+    if ema is not None:
+        candidates.append((ema.module, "ema"))
+    scored = [(evaluate_model(module, val, device), module, name) for module, name in candidates]
+    metrics, module, name = max(scored, key=lambda item: item[0]["accuracy"])
+    return module, name, metrics
 
 
 def _load_data(config: TrainConfig, architecture: Architecture) -> tuple[LabelledFaces, LabelledFaces]:
@@ -251,19 +270,20 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
                 ema.update(model)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-        evaluated = ema.module if ema is not None else model
-        metrics = evaluate_model(evaluated, val_data, device)
+        evaluated, source, metrics = select_on_validation(model, ema, val_data, device)
         record = {
             "epoch": epoch + 1,
             "seconds": round(time.perf_counter() - started, 1),
             "lr": optimizer.param_groups[0]["lr"],
             **{f"train_{k}": round(v / steps_per_epoch, 4) for k, v in sums.items()},
             **{f"val_{k}": v for k, v in metrics.items() if k != "per_class_recall"},
+            "val_weights": source,
         }
         history.append(record)
         if metrics["accuracy"] > best["accuracy"]:
-            best = {"epoch": epoch + 1, **metrics}
-            save_weights(best_path, evaluated, {"epoch": epoch + 1, "fingerprint": config.fingerprint()})
+            best = {"epoch": epoch + 1, "weights": source, **metrics}
+            info = {"epoch": epoch + 1, "weights": source, "fingerprint": config.fingerprint()}
+            save_weights(best_path, evaluated, info)
         save_state(
             state_path,
             model,
@@ -280,6 +300,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         best_epoch=int(best["epoch"]),
         best_metrics=best,
         history=history,
+        train_images=len(train_data),
         architecture=architecture,
         class_names=train_data.class_names,
         class_embeddings=embeddings,
