@@ -95,16 +95,24 @@ class Checkpoint:
         return model.eval()
 
 
+def stored_tensors(model: KE2NT, half: bool = True) -> dict[str, torch.Tensor]:
+    """The inference weights as a checkpoint stores them: fp16, except where fp16 buys nothing.
+
+    BatchNorm statistics and the logit scale stay float32 (they are tiny, and fp16 would shift them).
+    """
+    tensors = {}
+    for name, tensor in model.inference_state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        keep_fp32 = "running_" in name or name == "logit_scale"
+        tensors[name] = tensor.half() if half and tensor.is_floating_point() and not keep_fp32 else tensor
+    return tensors
+
+
 def save_checkpoint(
     path: str | os.PathLike[str], model: KE2NT, metadata: dict[str, Any], half: bool = True
 ) -> dict[str, Any]:
     """Write the model's inference weights (fp16 by default) and metadata; return the metadata written."""
-    tensors = {}
-    for name, tensor in model.inference_state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        # BatchNorm statistics and the logit scale stay float32: fp16 buys nothing there.
-        keep_fp32 = "running_" in name or name == "logit_scale"
-        tensors[name] = tensor.half() if half and tensor.is_floating_point() and not keep_fp32 else tensor
+    tensors = stored_tensors(model, half)
     full = dict(metadata)
     full.update(
         format=FORMAT,

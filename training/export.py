@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 import fermon
-from fermon.checkpoint import save_checkpoint
+from fermon.checkpoint import save_checkpoint, stored_tensors
 from fermon.classify import batched_logits, softmax
 from fermon.model import KE2NT
 from fermon.vocab import class_prompts, crop_template
@@ -42,13 +42,9 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
     tensors, _ = load_weights(result.best_weights)
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("neutral_transform.")})
     model.eval()
-    if half:  # calibrate what will ship: the fp16 weights, read back as float32
-        model.load_state_dict(
-            {
-                k: (v.half().float() if v.is_floating_point() and "running_" not in k else v)
-                for k, v in model.state_dict().items()
-            }
-        )
+    # Calibrate what will ship: the stored (fp16) weights, read back as float32.
+    stored = stored_tensors(model, half)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()})
     logits = batched_logits(model, val.images, torch.device("cpu"))
     temperature = fit_temperature(logits, val.labels)
     before = classification_report(softmax(logits), val.labels, val.class_names)
@@ -67,7 +63,7 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
         "training": {
             "dataset": config.dataset,
             "split": "train",
-            "images": int(result.config.limit or 0) or None,
+            "images": result.train_images,
             "label_mode": config.label_mode,
             "epochs": config.epochs,
             "best_epoch": result.best_epoch,
@@ -76,6 +72,7 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
             "seed": config.seed,
             "init": Path(config.init).name if config.init else None,
             "selected_on": config.val_split,
+            **({"notes": config.extra} if config.extra else {}),
         },
         "metrics": {
             "split": config.val_split,
