@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,38 @@ log = logging.getLogger("training")
 METHODS = ("ce", "ke2nt")
 REFERENCE_LR = 0.002  # KE2NT's reference: fine-tuning a face-recognition backbone
 SCRATCH_LR = 0.1  # from random weights a small CNN needs a far larger step
+
+
+# The configuration fields of the first release; see TrainConfig.fingerprint.
+FINGERPRINT_FIELDS_V1 = frozenset(
+    [
+        "root",
+        "dataset",
+        "method",
+        "architecture",
+        "batch_size",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "warmup_epochs",
+        "amp",
+        "ema_decay",
+        "label_mode",
+        "limit",
+        "seed",
+        "text_encoder",
+        "prompt_template",
+        "center_text",
+        "logit_scale",
+        "transform_weight",
+        "contrast_weight",
+        "pairing",
+        "init",
+        "val_split",
+        "extra",
+    ]
+)
 
 
 @dataclass
@@ -78,9 +110,25 @@ class TrainConfig:
         return REFERENCE_LR if self.init else SCRATCH_LR
 
     def fingerprint(self) -> str:
-        """What must match for a resume: everything but where state lives and the device."""
-        relevant = {k: str(v) for k, v in asdict(self).items() if k not in ("state_dir", "device", "epochs")}
+        """What must match for a resume: everything but where state lives, the device and the length.
+
+        Fields added after the first release count only when set away from their default, so runs
+        begun before a new option existed still resume.
+        """
+        relevant = {}
+        for spec in fields(self):
+            if spec.name in ("state_dir", "device", "epochs"):
+                continue
+            value = getattr(self, spec.name)
+            if spec.name in FINGERPRINT_FIELDS_V1 or value != _default_of(spec):
+                relevant[spec.name] = str(value)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default_of(spec: Field) -> Any:
+    if spec.default is not MISSING:
+        return spec.default
+    return spec.default_factory() if spec.default_factory is not MISSING else MISSING
 
 
 @dataclass
