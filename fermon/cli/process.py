@@ -79,10 +79,12 @@ def process(
     force: Annotated[bool, typer.Option("--force", help="Reprocess even up-to-date sessions.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display or messages.")] = False,
     log_json: Annotated[Optional[Path], typer.Option(help="Write one JSON object per event to this file.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip DIR/reports/ and DIR/summary.parquet.")] = False,
 ) -> None:
     """Detect, track and classify faces in videos into DIR/timelines/<session>.parquet.
 
     Reruns skip sessions whose videos, model and options are unchanged (the ledger in DIR).
+    Then writes DIR/reports/ and DIR/summary.parquet (as 'fermon report DIR' does) unless --no-report.
     Exit status: 0 all sessions succeeded; 65 one or more videos failed (each named with a reason);
     64 bad usage; 66 missing input; 75 another run holds DIR; 78 model problem.
     """
@@ -126,4 +128,9 @@ def process(
             f"{len(summary.not_videos)} other file(s) skipped",
             err=True,
         )
+    if not no_report:
+        from fermon.cli.report import run_reports
+
+        with exit_on_error():
+            run_reports(out, quiet=quiet)
     raise typer.Exit(summary.exit_code)

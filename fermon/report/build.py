@@ -1,0 +1,259 @@
+"""Building the reports, incrementally.
+
+``DIR/reports/manifest.json`` records, per session, the size and mtime of the timeline its page was
+built from and that session's summary row. A session page is rebuilt only when its timeline changed
+(or the page is missing, or fermon or the thresholds changed); the index and ``summary.parquet`` are
+rewritten every time from the recorded rows, which is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fermon import __version__
+from fermon.analysis import (
+    QualityThresholds,
+    read_timeline,
+    summarize_session,
+    summary_frame,
+    target_samples,
+    thresholds_dict,
+    timeline_files,
+)
+from fermon.errors import OutputError
+from fermon.ledger import LEDGER_NAME, FolderLock
+from fermon.timeline import METADATA_KEY, TIMELINES_DIR
+
+REPORTS_DIR = "reports"
+SESSIONS_DIR = "sessions"
+SUMMARY_NAME = "summary.parquet"
+MANIFEST_NAME = "manifest.json"
+REPORT_FORMAT = 1  # bump when pages change, so that every page is rebuilt once
+PAGES_PER_WORKER = 8  # below this many pages per process, starting processes costs more than it saves
+
+
+@dataclass
+class ReportResult:
+    """What a build did. Paths are relative to the output folder."""
+
+    built: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed_inputs: int = 0
+    seconds: float = 0.0
+    index: str = f"{REPORTS_DIR}/index.html"
+    summary: str = SUMMARY_NAME
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _replace_atomic(path: Path, write: Any) -> None:
+    """Write through ``write(temporary)`` then rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"{path.name}: cannot write ({error})") from error
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _replace_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_summary(path: Path, rows: list[dict[str, Any]], class_names: list[str], thresholds: dict) -> None:
+    """``summary.parquet``: one row per session, with how it was made in the footer."""
+    table = pa.Table.from_pandas(summary_frame(rows, class_names), preserve_index=False)
+    footer = {"fermon_version": __version__, "class_names": class_names, "thresholds": thresholds}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(footer)})
+    _replace_atomic(path, lambda temporary: pq.write_table(table, temporary, compression="zstd"))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def read_failures(out_dir: Path) -> list[dict[str, Any]]:
+    """Sessions whose latest attempt failed (or never finished), read-only from the ledger."""
+    path = out_dir / LEDGER_NAME
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT session_id, videos, status, error, finished_at, started_at FROM sessions"
+                " WHERE status != 'done' ORDER BY session_id"
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise OutputError(f"{LEDGER_NAME}: cannot read the run ledger ({error})") from error
+    failures = []
+    for session_id, videos, status, error, finished, started in rows:
+        when = finished or started
+        failures.append(
+            {
+                "session_id": session_id,
+                "videos": json.loads(videos or "[]"),
+                "status": "interrupted" if status == "running" else status,
+                "error": error if status != "running" else "the run stopped before this session finished",
+                "when": datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M") if when else "",
+            }
+        )
+    return failures
+
+
+def _stamp(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _load_manifest(path: Path, builder: dict[str, Any]) -> dict[str, Any]:
+    """Recorded sessions, or none when the manifest is missing, unreadable or from another builder."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest.get("sessions", {}) if manifest.get("builder") == builder else {}
+
+
+def _session_gaps(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """Decode gaps moved onto the session's time axis (each video starts at its offset)."""
+    offsets = {v["video"]: float(v.get("offset_s") or 0.0) for v in metadata.get("videos") or []}
+    return [
+        {
+            **g,
+            "start_s": g["start_s"] + offsets.get(g["video"], 0.0),
+            "end_s": g["end_s"] + offsets.get(g["video"], 0.0),
+        }
+        for g in metadata.get("decode_gaps") or []
+    ]
+
+
+# --------------------------------------------------------------------------- one session
+
+
+def build_session_page(path: Path, page_path: Path, thresholds: QualityThresholds) -> tuple[dict[str, Any], list[str]]:
+    """Read one timeline, write its page; return its summary row and class names."""
+    from fermon.report import pages, plots
+
+    frame, metadata = read_timeline(path)
+    class_names = list(metadata["class_names"])
+    samples = target_samples(frame)
+    row = summarize_session(samples, class_names, metadata, thresholds)
+    gaps = _session_gaps(metadata)
+    fps = float(metadata.get("sampling_fps") or 0.0)
+    sid = row["session_id"]
+    figures = {
+        "expressions": plots.expression_figure(samples, class_names, fps, gaps, f"{sid}-e"),
+        "shares": plots.share_figure({c: row[f"share_{c}"] for c in class_names}, class_names, f"{sid}-s"),
+        "coverage": plots.coverage_figure(samples, gaps, f"{sid}-c"),
+        "detection": plots.detection_figure(samples, f"{sid}-d"),
+    }
+    html = pages.session_page(row, metadata, figures, gaps, thresholds_dict(thresholds))
+    write_text_atomic(page_path, html)
+    return row, class_names
+
+
+# --------------------------------------------------------------------------- the build
+
+
+def _build_pages(jobs: list[tuple[str, Path, Path]], thresholds: QualityThresholds, workers: int) -> list:
+    """(row, class names) per job, in order; in worker processes when there are many pages."""
+    count = min(workers, len(jobs) // PAGES_PER_WORKER)
+    if count < 2:
+        return [build_session_page(path, page_path, thresholds) for _, path, page_path in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may hold torch/OpenMP or Dask threads that a fork would copy mid-state.
+    # (spawn re-imports the caller's __main__, which must be guarded: hence no workers by default.)
+    with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(build_session_page, path, page_path, thresholds) for _, path, page_path in jobs]
+        return [future.result() for future in futures]
+
+
+def build_reports(
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    thresholds: QualityThresholds | None = None,
+    workers: int = 0,
+) -> ReportResult:
+    """Write ``reports/sessions/<id>.html``, ``reports/index.html`` and ``summary.parquet`` in ``out_dir``.
+
+    Session pages whose timeline is unchanged since they were built are kept unless ``force``.
+    With ``workers`` > 1, many changed pages are built in that many processes (the caller's ``__main__``
+    must then be guarded by ``if __name__ == "__main__"``); by default all are built in this process.
+    Holds the output folder's lock, so it never runs beside ``fermon process`` on the same folder
+    (raises :class:`fermon.errors.BusyError` then). Raises InputError without ``timelines/``.
+    """
+    from fermon.report import pages
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    thresholds = thresholds or QualityThresholds()
+    # A run where every input failed leaves a ledger and no timelines: the index still lists why.
+    has_ledger = (out_dir / LEDGER_NAME).is_file() and not (out_dir / TIMELINES_DIR).is_dir()
+    files = {} if has_ledger else timeline_files(out_dir)
+    reports = out_dir / REPORTS_DIR
+    builder = {"fermon_version": __version__, "format": REPORT_FORMAT, "thresholds": thresholds_dict(thresholds)}
+    result = ReportResult()
+    with FolderLock(out_dir):
+        recorded = {} if force else _load_manifest(reports / MANIFEST_NAME, builder)
+        entries: dict[str, Any] = {}
+        jobs, stamps = [], {}
+        for session_id, path in files.items():
+            stamps[session_id] = _stamp(path)
+            page_path = reports / SESSIONS_DIR / f"{session_id}.html"
+            old = recorded.get(session_id)
+            if old and old["timeline"] == stamps[session_id] and page_path.is_file():
+                entries[session_id] = old
+                result.unchanged.append(session_id)
+            else:
+                jobs.append((session_id, path, page_path))
+        for (session_id, _, _), (row, class_names) in zip(jobs, _build_pages(jobs, thresholds, workers)):
+            entries[session_id] = {"timeline": stamps[session_id], "row": row, "class_names": class_names}
+            result.built.append(session_id)
+        result.removed = _remove_stale_pages(reports / SESSIONS_DIR, set(files))
+        rows = [entries[s]["row"] for s in sorted(entries)]
+        class_names = _class_union(entries.values())
+        failures = read_failures(out_dir)
+        write_summary(out_dir / SUMMARY_NAME, rows, class_names, thresholds_dict(thresholds))
+        write_text_atomic(reports / "index.html", pages.index_page(rows, class_names, failures))
+        manifest = {"builder": builder, "sessions": entries}
+        write_text_atomic(reports / MANIFEST_NAME, json.dumps(manifest, sort_keys=True))
+    result.failed_inputs = len(failures)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _class_union(entries: Any) -> list[str]:
+    """Class names over all sessions, in first-seen model order (sessions may mix models)."""
+    names: dict[str, None] = {}
+    for entry in entries:
+        names.update(dict.fromkeys(entry["class_names"]))
+    return list(names)
+
+
+def _remove_stale_pages(folder: Path, sessions: set[str]) -> list[str]:
+    """Pages of sessions whose timeline is gone."""
+    removed = []
+    for page_path in sorted(folder.glob("*.html")) if folder.is_dir() else []:
+        if page_path.stem not in sessions:
+            page_path.unlink(missing_ok=True)
+            removed.append(page_path.stem)
+    return removed

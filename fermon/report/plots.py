@@ -1,0 +1,185 @@
+"""Session figures drawn with matplotlib (object API, no pyplot state) and returned as inline SVG.
+
+Text is written as paths, so pages need no fonts; dense raw samples are rasterised into the SVG as an
+embedded PNG so that hour-long sessions still give small pages.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SMOOTHING_S = 2.0  # width of the centred moving average on the expression curves
+MAX_LINE_POINTS = 2000  # longer curves are averaged into this many bins
+RASTER_ABOVE = 200  # raw points drawn as an embedded image above this many samples (page size)
+COVERAGE_BINS = 60
+WIDTH_IN = 10.0
+
+_SVG_START = re.compile(r"^.*?(?=<svg)", re.S)
+_SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+
+
+def class_colours(class_names: Sequence[str]) -> dict[str, Any]:
+    """A fixed colour per class, in model order, so every page uses the same legend."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {name: cmap(k % 10) for k, name in enumerate(class_names)}
+
+
+def _figure(height_in: float):
+    """A figure with fixed margins in inches (room for labels left, legend right). Fixed rather than
+    constrained layout: that needs a second draw and doubled the build time."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(WIDTH_IN, height_in))
+    figure.subplots_adjust(
+        left=0.9 / WIDTH_IN, right=1 - 1.4 / WIDTH_IN, bottom=0.5 / height_in, top=1 - 0.15 / height_in
+    )
+    return figure
+
+
+def to_svg(figure: Any, salt: str) -> str:
+    """The figure as an ``<svg>`` element for inlining: no XML prolog, DOCTYPE or RDF metadata.
+
+    ``salt`` makes element ids unique per figure, so several SVGs can share one page.
+    """
+    from matplotlib import rc_context
+
+    buffer = io.StringIO()
+    with rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    text = _SVG_METADATA.sub("", _SVG_START.sub("", buffer.getvalue(), count=1), count=1)
+    return text.replace("<svg ", '<svg role="img" ', 1)
+
+
+def _time_axis(times: np.ndarray) -> tuple[np.ndarray, str]:
+    """Minutes for long sessions, seconds otherwise."""
+    if len(times) and float(np.nanmax(times)) > 600:
+        return times / 60.0, "time (min)"
+    return times, "time (s)"
+
+
+def _binned(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``y`` in ``bins`` equal-count chunks, keeping NaN where a chunk is all NaN."""
+    if len(x) <= bins:
+        return x, y
+    edges = np.linspace(0, len(x), bins + 1).astype(int)
+    xs = np.array([x[a:b].mean() for a, b in itertools.pairwise(edges)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN chunk is a gap: NaN is right
+        ys = np.array([np.nanmean(y[a:b]) for a, b in itertools.pairwise(edges)])
+    return xs, ys
+
+
+def _shade_gaps(ax: Any, gaps: Sequence[dict[str, Any]], scale: float) -> None:
+    for gap in gaps:
+        # Gaps are given on the session's time axis (video offset already added).
+        ax.axvspan(gap["start_s"] / scale, gap["end_s"] / scale, color="#d62728", alpha=0.15, lw=0)
+
+
+def _empty_note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="#555555")
+
+
+def smoothed(samples: pd.DataFrame, column: str, fps: float) -> np.ndarray:
+    """Centred moving average over about ``SMOOTHING_S`` seconds; NaN where no target face."""
+    window = max(1, round(SMOOTHING_S * fps)) if fps > 0 else 1
+    values = samples[column].astype("float64")
+    result = values.rolling(window, center=True, min_periods=1).mean().to_numpy(copy=True)
+    result[~samples["covered"].to_numpy(bool)] = np.nan  # break the curve where the face is gone
+    return result
+
+
+def expression_figure(
+    samples: pd.DataFrame, class_names: Sequence[str], fps: float, gaps: Sequence[dict[str, Any]], salt: str
+) -> str:
+    """Probability of each expression over time: smoothed curves over faint raw samples."""
+    figure = _figure(3.6)
+    ax = figure.add_subplot()
+    times, label = _time_axis(samples["timestamp_s"].to_numpy(float))
+    scale = 60.0 if label.endswith("(min)") else 1.0
+    colours = class_colours(class_names)
+    covered = samples["covered"].to_numpy(bool)
+    rasterise = int(covered.sum()) > RASTER_ABOVE
+    for name in class_names:
+        raw = samples[f"prob_{name}"].to_numpy(float)
+        ax.scatter(times[covered], raw[covered], s=5, color=colours[name], alpha=0.25, lw=0, rasterized=rasterise)
+        x, y = _binned(times, smoothed(samples, f"prob_{name}", fps), MAX_LINE_POINTS)
+        ax.plot(x, y, color=colours[name], lw=1.6, label=name)
+    _shade_gaps(ax, gaps, scale)
+    if not covered.any():
+        _empty_note(ax, "no target face in this session")
+    ax.set(ylim=(-0.02, 1.02), xlabel=label, ylabel="probability")
+    if len(times):
+        ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return to_svg(figure, salt)
+
+
+def share_figure(shares: dict[str, float], class_names: Sequence[str], salt: str) -> str:
+    """Share of the covered time in each expression (horizontal bars, model order top to bottom)."""
+    figure = _figure(0.32 * len(class_names) + 0.8)
+    ax = figure.add_subplot()
+    colours = class_colours(class_names)
+    values = [0.0 if not np.isfinite(shares.get(n, np.nan)) else 100 * shares[n] for n in class_names]
+    positions = np.arange(len(class_names))[::-1]
+    ax.barh(positions, values, color=[colours[n] for n in class_names])
+    for position, value in zip(positions, values):
+        ax.text(value + 1, position, f"{value:.0f}%", va="center", fontsize=8)
+    ax.set_yticks(positions, list(class_names))
+    ax.set(xlim=(0, 105), xlabel="share of time with the target face (%)")
+    if not any(values):
+        _empty_note(ax, "no target face in this session")
+    ax.grid(axis="x", alpha=0.3)
+    return to_svg(figure, salt)
+
+
+def coverage_figure(samples: pd.DataFrame, gaps: Sequence[dict[str, Any]], salt: str) -> str:
+    """Share of samples with the target face, and with any face, in time bins."""
+    figure = _figure(2.4)
+    ax = figure.add_subplot()
+    times, label = _time_axis(samples["timestamp_s"].to_numpy(float))
+    scale = 60.0 if label.endswith("(min)") else 1.0
+    bins = max(1, min(COVERAGE_BINS, len(times)))
+    x, target = _binned(times, samples["covered"].to_numpy(float), bins)
+    _, anyface = _binned(times, (samples["faces"] > 0).to_numpy(float), bins)
+    ax.fill_between(x, 0, 100 * target, step="mid", color="#1f77b4", alpha=0.35, label="target face")
+    ax.step(x, 100 * anyface, where="mid", color="#333333", lw=1, label="any face")
+    _shade_gaps(ax, gaps, scale)
+    ax.set(ylim=(0, 105), xlabel=label, ylabel="samples with a face (%)")
+    if len(times):
+        ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return to_svg(figure, salt)
+
+
+def detection_figure(samples: pd.DataFrame, salt: str) -> str:
+    """The target face's detection score and the classifier's confidence over time."""
+    figure = _figure(2.4)
+    ax = figure.add_subplot()
+    times, label = _time_axis(samples["timestamp_s"].to_numpy(float))
+    covered = samples["covered"].to_numpy(bool)
+    rasterise = int(covered.sum()) > RASTER_ABOVE
+    for column, colour, name in (("det_score", "#2ca02c", "detection score"), ("confidence", "#9467bd", "confidence")):
+        values = samples[column].to_numpy(float)
+        ax.scatter(
+            times[covered], values[covered], s=5, color=colour, alpha=0.5, lw=0, label=name, rasterized=rasterise
+        )
+    if not covered.any():
+        _empty_note(ax, "no target face in this session")
+    ax.set(ylim=(-0.02, 1.02), xlabel=label, ylabel="score")
+    if len(times):
+        ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return to_svg(figure, salt)
