@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -115,3 +116,25 @@ def test_evaluate_on_missing_split_fails_with_one_line_and_exit_66(tmp_path: Pat
     result = runner.invoke(app, ["evaluate", "--root", str(tmp_path), "--checkpoint", str(untrained_checkpoint)])
     assert result.exit_code == 66
     assert "label.csv" in result.output
+
+
+def test_evaluate_via_detector_recrops_real_faces_like_the_video_path(
+    tmp_path: Path, astronaut, untrained_checkpoint: Path
+) -> None:
+    import cv2
+
+    head = cv2.resize(astronaut[30:250, 110:330], (48, 48), interpolation=cv2.INTER_AREA)
+    face = cv2.cvtColor(head, cv2.COLOR_RGB2GRAY)
+    folder = tmp_path / "faces" / "valid" / "happy"
+    folder.mkdir(parents=True)
+    for i, variant in enumerate([face, cv2.flip(face, 1), np.full_like(face, 128)]):  # the last has no face
+        cv2.imwrite(str(folder / f"{i}.png"), variant)
+    out = tmp_path / "report.json"
+    result = runner.invoke(
+        app, ["evaluate", "--dataset", "folder", "--root", str(tmp_path / "faces"), "--split", "valid",
+              "--checkpoint", str(untrained_checkpoint), "--via-detector", "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["faces_total"] == 3 and report["faces_detected"] == 2 and report["n"] == 2
+    assert 0.0 <= report["image_path_accuracy_same_faces"] <= 1.0

@@ -25,7 +25,9 @@ def train(
     root: Annotated[Path, typer.Option(help="Dataset folder (for FERPlus: the folder holding data/).")],
     out: Annotated[Path, typer.Option(help="Where to write the exported checkpoint (.safetensors).")],
     dataset: Annotated[str, typer.Option(help="ferplus, rafdb, affectnet7, affectnet8 or folder.")] = "ferplus",
-    method: Annotated[str, typer.Option(help="ke2nt, or ce (the cross-entropy-only baseline).")] = "ke2nt",
+    method: Annotated[
+        str, typer.Option(help="ke2nt, pmfer (action-unit prompts) or ce (cross-entropy baseline).")
+    ] = "ke2nt",
     architecture: Annotated[str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, or any timm name.")] = "cnn48",
     epochs: int = 50,
     batch_size: int = 64,
@@ -49,6 +51,8 @@ def train(
     pairing: Annotated[
         str, typer.Option(help="Self-contrast pairs: own (per sample) or batch (reference code).")
     ] = "own",
+    mask_weight: Annotated[float, typer.Option(help="PMFER: weight of the masked-phrase prediction loss.")] = 1.0,
+    adversarial_weight: Annotated[float, typer.Option(help="PMFER: weight of the modal-adversarial loss.")] = 0.1,
     amp: Annotated[str, typer.Option(help="bf16 autocast: auto, on or off.")] = "auto",
     seed: int = 0,
     state_dir: Annotated[
@@ -84,6 +88,8 @@ def train(
         transform_weight=transform_weight,
         contrast_weight=contrast_weight,
         pairing=pairing,
+        mask_weight=mask_weight,
+        adversarial_weight=adversarial_weight,
         amp=amp,
         seed=seed,
         state_dir=state_dir,
@@ -113,6 +119,70 @@ def train(
 
 
 @app.command()
+def pretrain(
+    root: Annotated[Path, typer.Option(help="Dataset folder; its training images are used without labels.")],
+    out: Annotated[Path, typer.Option(help="Where to write the backbone (.safetensors) for train --init.")],
+    method: Annotated[str, typer.Option(help="hncl (heatmap neighbours) or contrastive (views only).")] = "hncl",
+    dataset: str = "ferplus",
+    architecture: Annotated[str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, or any timm name.")] = "cnn48",
+    epochs: int = 50,
+    batch_size: Annotated[int, typer.Option(help="Anchors per step (each brings 2-3 views).")] = 64,
+    lr: float = 0.1,
+    weight_decay: float = 5e-4,
+    warmup_epochs: float = 1.0,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature.")] = 0.1,
+    neighbours: Annotated[int, typer.Option(help="HNCL: heatmap nearest neighbours per image.")] = 5,
+    landmarks: Annotated[str, typer.Option(help="HNCL: landmark source (centerface).")] = "centerface",
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    amp: Annotated[str, typer.Option(help="bf16 autocast: auto, on or off.")] = "auto",
+    seed: int = 0,
+    state_dir: Annotated[
+        Optional[Path], typer.Option(help="Resumable state [default: ~/.cache/fermon/runs/...].")
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="HNCL neighbour cache [default: ~/.cache/fermon/hncl].")
+    ] = None,
+    device: str = "auto",
+) -> None:
+    """Self-supervised pre-training of a backbone (HNCL or its plain contrastive baseline), resumable."""
+    from training.hncl import DEFAULT_CACHE, PretrainConfig
+    from training.hncl import pretrain as run_pretraining
+
+    config = PretrainConfig(
+        root=root,
+        out=out,
+        method=method,
+        dataset=dataset,
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        temperature=temperature,
+        neighbours=neighbours,
+        landmarks=landmarks,
+        limit=limit,
+        amp=amp,
+        seed=seed,
+        state_dir=state_dir,
+        cache_dir=cache_dir or DEFAULT_CACHE,
+        device=device,
+    )
+
+    def report(record: dict) -> None:
+        typer.echo(
+            f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.3f}  ({record['seconds']:.0f} s)", err=True
+        )
+
+    try:
+        path = run_pretraining(config, on_epoch=report)
+    except FermonError as error:
+        _fail(error)
+    typer.echo(f"wrote {path}: {method} backbone for train --init")
+
+
+@app.command()
 def evaluate(
     root: Annotated[Path, typer.Option(help="Dataset folder (for FERPlus: the folder holding data/).")],
     checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' for the embedded one.")] = "default",
@@ -122,6 +192,9 @@ def evaluate(
     corrupt: Annotated[
         Optional[str], typer.Option(help="Corrupt images first: eyes, mouth, random, blur, lowlight.")
     ] = None,
+    via_detector: Annotated[
+        bool, typer.Option(help="Crop each face again as 'fermon process' does (detector landmarks onto the template).")
+    ] = False,
     limit: Optional[int] = None,
     device: str = "auto",
 ) -> None:
@@ -129,7 +202,9 @@ def evaluate(
     from training.evaluate import evaluate_checkpoint
 
     try:
-        report = evaluate_checkpoint(checkpoint, dataset, root, split, device=device, limit=limit, corrupt=corrupt)
+        report = evaluate_checkpoint(
+            checkpoint, dataset, root, split, device=device, limit=limit, corrupt=corrupt, via_detector=via_detector
+        )
     except FermonError as error:
         _fail(error)
     text = json.dumps(report, indent=2)

@@ -13,32 +13,33 @@ import numpy as np
 from fermon.detect import CenterFaceDetector
 from training.datasets import LabelledFaces
 
-UPSCALE = 4
+FACE_PIXELS = 192  # a 48 px FERPlus face upscaled 4x
 CANVAS = 320
 
 
-def _on_canvas(face: np.ndarray) -> np.ndarray:
+def on_canvas(face: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """A face crop upscaled to FACE_PIXELS and centred on a grey RGB canvas; returns it, the offset and scale."""
     import cv2
 
-    size = face.shape[0] * UPSCALE
-    big = cv2.resize(face[:, :, 0] if face.ndim == 3 else face, (size, size), interpolation=cv2.INTER_CUBIC)
-    canvas = np.full((CANVAS, CANVAS), 128, np.uint8)
-    offset = (CANVAS - size) // 2
-    canvas[offset : offset + size, offset : offset + size] = big
-    return np.repeat(canvas[:, :, None], 3, axis=2)
+    scale = FACE_PIXELS / face.shape[0]
+    big = cv2.resize(face, (FACE_PIXELS, FACE_PIXELS), interpolation=cv2.INTER_CUBIC)
+    if big.ndim == 2 or big.shape[2] == 1:
+        big = np.repeat(big.reshape(FACE_PIXELS, FACE_PIXELS, 1), 3, axis=2)
+    canvas = np.full((CANVAS, CANVAS, 3), 128, np.uint8)
+    offset = (CANVAS - FACE_PIXELS) // 2
+    canvas[offset : offset + FACE_PIXELS, offset : offset + FACE_PIXELS] = big
+    return canvas, offset, scale
 
 
 def measure_landmarks(faces: LabelledFaces, batch: int = 32) -> np.ndarray:
     """The best face's landmarks in each image where one is found, in the faces' own pixels: (M, 5, 2)."""
     detector = CenterFaceDetector(max_side=CANVAS)
-    size = faces.images.shape[1]
-    offset = (CANVAS - size * UPSCALE) // 2
     found = []
     for start in range(0, len(faces), batch):
-        canvases = [_on_canvas(face) for face in faces.images[start : start + batch]]
-        for detections in detector.detect(canvases):
+        placed = [on_canvas(face) for face in faces.images[start : start + batch]]
+        for (_, offset, scale), detections in zip(placed, detector.detect([canvas for canvas, _, _ in placed])):
             if len(detections):
-                found.append((detections.landmarks[0] - offset) / UPSCALE)
+                found.append((detections.landmarks[0] - offset) / scale)
     return np.asarray(found, dtype=np.float32).reshape(-1, 5, 2)
 
 

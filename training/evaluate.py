@@ -1,4 +1,11 @@
-"""Evaluate a checkpoint on a labelled split: the image path (dataset crops as they are)."""
+"""Evaluate a checkpoint on a labelled split.
+
+By default through the image path (the dataset's crops as they are). With ``via_detector`` each face
+is cropped again the way ``fermon process`` crops a video frame (detected landmarks warped onto the
+checkpoint's template), and the report says how the two paths compare on the same faces: a model
+whose video crops differ from its training crops loses accuracy on video while its test score
+looks fine.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from fermon.align import CropSpec, crop_face
 from fermon.checkpoint import load_checkpoint
 from fermon.classify import ExpressionClassifier
+from fermon.detect import CenterFaceDetector
+from training.crop_template import CANVAS, on_canvas
 from training.datasets import LabelledFaces, read_dataset
 from training.metrics import classification_report
 
@@ -28,6 +38,41 @@ def align_classes(
     return aligned, data.labels, space
 
 
+def recrop_like_video(images: np.ndarray, spec: CropSpec, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Crop each face again as ``fermon process`` does; returns the crops and the indices of faces found.
+
+    Each face is upscaled onto a grey canvas (a detector needs context around a face), CenterFace
+    finds its landmarks, and they are warped onto the checkpoint's template from the canvas.
+    """
+    detector = CenterFaceDetector(max_side=CANVAS)
+    crops, found = [], []
+    for start in range(0, len(images), batch):
+        canvases = [on_canvas(face)[0] for face in images[start : start + batch]]
+        for offset, (canvas, detections) in enumerate(zip(canvases, detector.detect(canvases))):
+            if len(detections):
+                crops.append(crop_face(canvas, detections.landmarks[0], spec))
+                found.append(start + offset)
+    channels = 1 if spec.colour == "gray" else 3
+    stacked = np.stack(crops) if crops else np.zeros((0, spec.size, spec.size, channels), np.uint8)
+    return stacked, np.asarray(found, dtype=np.int64)
+
+
+def _recrop_like_video(data: LabelledFaces, classifier: ExpressionClassifier) -> tuple[LabelledFaces, dict[str, Any]]:
+    spec = CropSpec.from_metadata(classifier.checkpoint.metadata["crop"])
+    crops, found = recrop_like_video(data.images, spec)
+    same_faces = data.subset(found)
+    image_probabilities = classifier.predict(same_faces.images)
+    image_path = classification_report(*align_classes(image_probabilities, classifier.class_names, same_faces))
+    same_faces.images = crops
+    return same_faces, {
+        "path": "video crop (detector landmarks onto the checkpoint's template)",
+        "faces_detected": len(found),
+        "faces_total": len(data),
+        "image_path_accuracy_same_faces": image_path["accuracy"],
+        "image_path_ece_same_faces": image_path["ece"],
+    }
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     dataset: str,
@@ -36,11 +81,15 @@ def evaluate_checkpoint(
     device: str = "auto",
     limit: int | None = None,
     corrupt: str | None = None,
+    via_detector: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, per-class recall, confusion, ECE and NLL of a checkpoint on one split."""
     classifier = ExpressionClassifier(load_checkpoint(checkpoint), device=device, batch_size=256)
     architecture = classifier.architecture
     data = read_dataset(dataset, root, split, architecture.input_size, architecture.colour, limit)
+    path_report: dict[str, Any] = {}
+    if via_detector:
+        data, path_report = _recrop_like_video(data, classifier)
     images = data.images
     if corrupt:
         from training.corruptions import apply_corruption
@@ -54,6 +103,7 @@ def evaluate_checkpoint(
         dataset=dataset,
         split=split,
         corruption=corrupt,
+        **path_report,
         checkpoint={
             "name": classifier.checkpoint.metadata.get("name"),
             "content_sha256": classifier.checkpoint.metadata["content_sha256"],

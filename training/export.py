@@ -13,7 +13,7 @@ import fermon
 from fermon.checkpoint import save_checkpoint, stored_tensors
 from fermon.classify import batched_logits, softmax
 from fermon.model import KE2NT
-from fermon.vocab import class_prompts, crop_template
+from fermon.vocab import crop_template
 from training.datasets import LabelledFaces
 from training.loop import TrainResult
 from training.metrics import classification_report, negative_log_likelihood
@@ -54,7 +54,7 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
         "name": name,
         "method": config.method,
         "class_names": result.class_names,
-        "prompts": class_prompts(result.class_names, config.prompt_template) if config.method != "ce" else None,
+        "prompts": result.prompts,
         "text_encoder": config.text_encoder if config.method != "ce" else None,
         "text_centered": config.center_text if config.method != "ce" else None,
         "crop": crop_metadata(architecture.crop, architecture.colour),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
+from torch import nn
 
 from fermon.classify import batched_logits, normalise_batch, resolve_device, softmax
 from fermon.errors import UsageError
@@ -31,11 +32,12 @@ from training.augment import Augmentation
 from training.datasets import LabelledFaces, read_dataset
 from training.losses import KE2NTLoss
 from training.metrics import classification_report
+from training.pmfer import PMFERHead, class_au_prompts, forward_with_feature_map
 from training.state import load_state, load_weights, save_state, save_weights
 
 log = logging.getLogger("training")
 
-METHODS = ("ce", "ke2nt")
+METHODS = ("ce", "ke2nt", "pmfer")
 REFERENCE_LR = 0.002  # KE2NT's reference: fine-tuning a face-recognition backbone
 SCRATCH_LR = 0.1  # from random weights a small CNN needs a far larger step
 
@@ -97,6 +99,9 @@ class TrainConfig:
     transform_weight: float = 1.0
     contrast_weight: float = 1.0
     pairing: str = "own"
+    # PMFER's loss weights (training/pmfer.py); added after the first release, so never in FINGERPRINT_FIELDS_V1.
+    mask_weight: float = 1.0
+    adversarial_weight: float = 0.1
     init: Path | None = None
     state_dir: Path | None = None
     device: str = "auto"
@@ -142,6 +147,7 @@ class TrainResult:
     class_names: list[str]
     class_embeddings: torch.Tensor
     config: TrainConfig
+    prompts: list[str] | None = None  # the class prompts behind class_embeddings (None for ce)
 
 
 def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.Tensor:
@@ -151,7 +157,7 @@ def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.T
     prompts a large shared component (MiniLM: pairwise cosine 0.74-0.89), which leaves little angle
     between classes; centred, the prompts are well apart and ``t_y - t_neutral`` is unchanged.
     """
-    prompts = class_prompts(class_names, config.prompt_template)
+    prompts = class_prompts_for(config, class_names)
     text = torch.from_numpy(create_text_encoder(config.text_encoder).encode(prompts))
     if config.center_text:
         text = torch.nn.functional.normalize(text - text.mean(dim=0, keepdim=True), dim=-1)
@@ -159,6 +165,25 @@ def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.T
         generator = torch.Generator().manual_seed(config.seed)
         return torch.randn(text.shape, generator=generator)
     return text
+
+
+def class_prompts_for(config: TrainConfig, class_names: list[str]) -> list[str]:
+    """KE2NT's template prompts, or PMFER's action-unit prompts."""
+    if config.method == "pmfer":
+        return class_au_prompts(class_names)
+    return class_prompts(class_names, config.prompt_template)
+
+
+def build_pmfer_head(config: TrainConfig, model: KE2NT, class_names: list[str]) -> PMFERHead:
+    """PMFER's training-only parts; kept outside the model so checkpoints stay ordinary KE2NT ones."""
+    return PMFERHead.create(
+        class_names,
+        create_text_encoder(config.text_encoder),
+        int(model.backbone.num_features),
+        center_text=config.center_text,
+        mask_weight=config.mask_weight,
+        adversarial_weight=config.adversarial_weight,
+    )
 
 
 def build_training_model(config: TrainConfig, architecture: Architecture, embeddings: torch.Tensor) -> KE2NT:
@@ -255,6 +280,9 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     train_data, val_data = _load_data(config, architecture)
     embeddings = class_embeddings_for(config, train_data.class_names)
     model = build_training_model(config, architecture, embeddings).to(device).to(memory_format=torch.channels_last)
+    head = build_pmfer_head(config, model, train_data.class_names).to(device) if config.method == "pmfer" else None
+    # What the optimiser updates and the state holds: the model alone (ce, ke2nt: unchanged), or model and head.
+    trainable: nn.Module = model if head is None else nn.ModuleDict({"model": model, "pmfer": head})
     criterion = KE2NTLoss(
         neutral_index=train_data.class_names.index("neutral"),
         transform_weight=config.transform_weight,
@@ -262,7 +290,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         pairing=config.pairing,
     )
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        trainable.parameters(),
         lr=config.learning_rate(),
         momentum=config.momentum,
         nesterov=config.nesterov,
@@ -284,7 +312,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, {"epoch": -1, "accuracy": -1.0}
     if state_path.is_file():
-        info = load_state(state_path, model, optimizer, ema)
+        info = load_state(state_path, trainable, optimizer, ema)
         if info.get("fingerprint") != config.fingerprint():
             raise UsageError(f"{state_dir}: holds a different run; pass another --state-dir or delete it")
         start_epoch, best, history = info["epoch"] + 1, info["best"], info["history"]
@@ -298,6 +326,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         model.train()
         order = np.random.default_rng(config.seed * 1000 + epoch).permutation(len(train_data))
         started, sums = time.perf_counter(), {}
+        mask_rng = np.random.default_rng([config.seed, epoch])  # PMFER's phrase masking, reproducible on resume
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             for group in optimizer.param_groups:
@@ -307,10 +336,16 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
             images = augment(normalise_batch(train_data.images[index], architecture, device))
             targets, labels = targets_all[index].to(device), labels_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                emotional = model.encode_image(images)
+                if head is not None:
+                    emotional, feature_map = forward_with_feature_map(model, images)
+                else:
+                    emotional = model.encode_image(images)
                 neutral = model.neutral_transform(emotional) if model.neutral_transform is not None else None
             logits = model.logits_from_features(emotional)
             parts = criterion(logits, targets, labels, emotional, neutral, model.class_embeddings)
+            if head is not None:
+                parts.update(head.losses(feature_map, emotional, labels, model.class_embeddings, mask_rng))
+                parts["total"] = parts["total"] + parts["pmfer"]
             optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
             optimizer.step()
@@ -334,7 +369,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
             save_weights(best_path, evaluated, info)
         save_state(
             state_path,
-            model,
+            trainable,
             optimizer,
             {"epoch": epoch, "best": best, "history": history, "fingerprint": config.fingerprint()},
             ema,
@@ -353,4 +388,5 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         class_names=train_data.class_names,
         class_embeddings=embeddings,
         config=config,
+        prompts=class_prompts_for(config, train_data.class_names) if config.method != "ce" else None,
     )
