@@ -71,6 +71,19 @@ def load_architecture(name: str, input_size: int | None = None) -> Architecture:
     return Architecture.from_dict(config)
 
 
+def create_backbone(architecture: Architecture) -> tuple[nn.Module, int]:
+    """The architecture's timm backbone without a classifier, and the width of its pooled feature."""
+    backbone = timm.create_model(
+        architecture.backbone,
+        pretrained=False,
+        num_classes=0,
+        in_chans=architecture.in_chans,
+        **architecture.backbone_kwargs,
+    )
+    # Models with a pre-logits layer (MobileNetV3, ...) pool to head_hidden_size, not num_features.
+    return backbone, int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
 class NeutralTransform(nn.Module):
     """The emotional-to-neutral MLP (d -> 128 -> d); training only."""
 
@@ -100,15 +113,7 @@ class KE2NT(nn.Module):
     ) -> None:
         super().__init__()
         self.architecture = architecture
-        self.backbone = timm.create_model(
-            architecture.backbone,
-            pretrained=False,
-            num_classes=0,
-            in_chans=architecture.in_chans,
-            **architecture.backbone_kwargs,
-        )
-        # Models with a pre-logits layer (MobileNetV3, ...) pool to head_hidden_size, not num_features.
-        width = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        self.backbone, width = create_backbone(architecture)
         dim = int(class_embeddings.shape[1])
         # As in KE2NT's reference code: Linear-BN-Linear-BN into the text-embedding space.
         self.projection = nn.Sequential(

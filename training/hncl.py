@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fermon.classify import normalise_batch, resolve_device
 from fermon.errors import UsageError
-from fermon.model import Architecture, load_architecture
+from fermon.model import Architecture, create_backbone, load_architecture
 from training.augment import Augmentation
 from training.datasets import read_dataset
 from training.landmarks import LandmarkSource, create_landmark_source
@@ -211,14 +210,7 @@ class PretrainModel(nn.Module):
 
     def __init__(self, architecture: Architecture) -> None:
         super().__init__()
-        self.backbone = timm.create_model(
-            architecture.backbone,
-            pretrained=False,
-            num_classes=0,
-            in_chans=architecture.in_chans,
-            **architecture.backbone_kwargs,
-        )
-        width = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        self.backbone, width = create_backbone(architecture)
         self.head = ProjectionHead(width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
