@@ -416,7 +416,20 @@ def _default_workers(sessions: int) -> int:
     return max(1, min(sessions, os.cpu_count() or 1))
 
 
-def _dask_client(workers: int | None, count: int, scheduler: str | None, scheduler_file: str | None):
+def gpu_resources(device: str, local_cluster: bool, cuda_available: bool) -> dict[str, float] | None:
+    """The Dask resources a session task asks for: one GPU when it classifies on one.
+
+    A LocalCluster that fermon starts on a CUDA machine gives each worker ``GPU=1``, so ``auto``
+    asks for it there. On an existing cluster only an explicit ``--device cuda`` asks, and its GPU
+    workers must be started with ``--resources GPU=1``: a task that asks for a resource no worker
+    has would wait forever.
+    """
+    if device == "cuda" or (device == "auto" and local_cluster and cuda_available):
+        return {"GPU": 1}
+    return None
+
+
+def _dask_client(workers: int | None, count: int, scheduler: str | None, scheduler_file: str | None, gpu: bool = False):
     """A client for an existing cluster (address, scheduler file, DASK_SCHEDULER_ADDRESS) or a new
     LocalCluster on loopback without a dashboard. Returns (client, cluster-or-None)."""
     from distributed import Client, LocalCluster
@@ -433,15 +446,19 @@ def _dask_client(workers: int | None, count: int, scheduler: str | None, schedul
         host="127.0.0.1",
         dashboard_address=None,
         silence_logs=40,
+        resources={"GPU": 1} if gpu else None,
     )
     return Client(cluster), cluster
 
 
 def _run_dask(todo, options, identity, out_dir, workers, scheduler, scheduler_file, on_result):
+    import torch
     from distributed import as_completed
 
     count = workers or _default_workers(len(todo))
-    client, cluster = _dask_client(workers, count, scheduler, scheduler_file)
+    cuda = torch.cuda.is_available()
+    client, cluster = _dask_client(workers, count, scheduler, scheduler_file, gpu=cuda and options.device != "cpu")
+    resources = gpu_resources(options.device, cluster is not None, cuda)
     if cluster is not None and not options.threads:
         # Split the cores between local workers; a remote cluster's workers decide for themselves.
         options = replace(options, threads=max(1, (os.cpu_count() or 1) // count))
@@ -450,7 +467,9 @@ def _run_dask(todo, options, identity, out_dir, workers, scheduler, scheduler_fi
         for session, _ in todo:
             # Opaque keys: task names must not carry file names to a dashboard or logs.
             key = f"fermon-session-{uuid.uuid4().hex}"
-            future = client.submit(process_session, session, options, identity, str(out_dir), key=key, pure=False)
+            future = client.submit(
+                process_session, session, options, identity, str(out_dir), key=key, pure=False, resources=resources
+            )
             futures[future] = session
         for future in as_completed(futures):
             session = futures[future]

@@ -265,3 +265,15 @@ def test_folder_session_has_one_continuous_time_axis(clips: Path, options: Proce
     assert df["timestamp_s"].max() == pytest.approx(9.8, abs=0.15)  # 2 + 3 + 3 + 2 seconds of chunks
     offsets = [v["offset_s"] for v in read_metadata(tmp_path / "timelines" / "clinic.parquet")["videos"]]
     assert offsets == pytest.approx([0.0, 2.0, 5.0, 8.0], abs=0.15)
+
+
+def test_gpu_work_asks_dask_for_a_gpu_only_where_one_is_declared() -> None:
+    from fermon.process import gpu_resources
+
+    # fermon's own LocalCluster on a CUDA machine declares GPU=1 per worker: auto asks for it.
+    assert gpu_resources("auto", local_cluster=True, cuda_available=True) == {"GPU": 1}
+    # An existing cluster: only an explicit --device cuda asks (its workers must declare GPUs).
+    assert gpu_resources("auto", local_cluster=False, cuda_available=True) is None
+    assert gpu_resources("cuda", local_cluster=False, cuda_available=False) == {"GPU": 1}
+    assert gpu_resources("cpu", local_cluster=True, cuda_available=True) is None
+    assert gpu_resources("auto", local_cluster=True, cuda_available=False) is None
