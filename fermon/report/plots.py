@@ -115,14 +115,19 @@ def expression_figure(
         x, y = _binned(times, smoothed(samples, f"prob_{name}", fps), MAX_LINE_POINTS)
         ax.plot(x, y, color=colours[name], lw=1.6, label=name)
     _shade_gaps(ax, gaps, scale)
+    _finish_unit_axes(ax, times, covered, label, "probability")
+    return to_svg(figure, salt)
+
+
+def _finish_unit_axes(ax, times: np.ndarray, covered: np.ndarray, xlabel: str, ylabel: str) -> None:
+    """What every 0-to-1 plot over time ends with: limits, labels, legend, grid, a note when empty."""
     if not covered.any():
         _empty_note(ax, "no target face in this session")
-    ax.set(ylim=(-0.02, 1.02), xlabel=label, ylabel="probability")
+    ax.set(ylim=(-0.02, 1.02), xlabel=xlabel, ylabel=ylabel)
     if len(times):
         ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
-    return to_svg(figure, salt)
 
 
 def share_figure(shares: dict[str, float], class_names: Sequence[str], salt: str) -> str:
@@ -175,11 +180,5 @@ def detection_figure(samples: pd.DataFrame, salt: str) -> str:
         ax.scatter(
             times[covered], values[covered], s=5, color=colour, alpha=0.5, lw=0, label=name, rasterized=rasterise
         )
-    if not covered.any():
-        _empty_note(ax, "no target face in this session")
-    ax.set(ylim=(-0.02, 1.02), xlabel=label, ylabel="score")
-    if len(times):
-        ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
+    _finish_unit_axes(ax, times, covered, label, "score")
     return to_svg(figure, salt)
