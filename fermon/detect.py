@@ -245,22 +245,32 @@ def find_scrfd(path: Path) -> Path | None:
 
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {
     "centerface": CenterFaceDetector,
-    "scrfd": lambda model_path=None, **kw: ScrfdDetector(model_path or DEFAULT_MODEL_DIR, **kw),
+    "scrfd": ScrfdDetector,
 }
+
+
+def resolve_detector(name: str = "auto", model_path: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
+    """The concrete detector a name means, and its weights file: what is built and what a run records.
+
+    ``auto`` is SCRFD when a model pack is found at ``model_path`` (default
+    ``~/.insightface/models/buffalo_l``), else the embedded CenterFace.
+    """
+    if name in ("auto", "scrfd"):
+        pack = Path(model_path or DEFAULT_MODEL_DIR).expanduser()
+        found = find_scrfd(pack)
+        if found is not None:
+            return "scrfd", found
+        if name == "scrfd":
+            raise ModelError(f"{pack.name}: no SCRFD detector (det_*.onnx) found")
+        return "centerface", bundled_centerface()
+    if name == "centerface":
+        return name, Path(model_path) if model_path else bundled_centerface()
+    raise ModelError(f"unknown detector '{name}'; known: auto, {', '.join(DETECTORS)}")
 
 
 def create_detector(
     name: str = "auto", model_path: str | os.PathLike[str] | None = None, **kwargs: object
 ) -> FaceDetector:
-    """Build a detector by name.
-
-    ``auto`` is SCRFD when a model pack is found at ``model_path`` (default
-    ``~/.insightface/models/buffalo_l``), else the embedded CenterFace.
-    """
-    if name == "auto":
-        pack = Path(model_path or DEFAULT_MODEL_DIR).expanduser()
-        name = "scrfd" if find_scrfd(pack) else "centerface"
-        model_path = pack if name == "scrfd" else None
-    if name not in DETECTORS:
-        raise ModelError(f"unknown detector '{name}'; known: {', '.join(DETECTORS)}")
-    return DETECTORS[name](model_path=model_path, **kwargs)
+    """Build a detector by name (see :func:`resolve_detector`)."""
+    name, path = resolve_detector(name, model_path)
+    return DETECTORS[name](model_path=path, **kwargs)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 
 class FermonError(Exception):
     """Base of every error fermon raises on purpose. ``exit_code`` follows sysexits(3)."""
@@ -45,8 +43,3 @@ class BusyError(OutputError):
     """Another fermon run holds the output folder's lock."""
 
     exit_code = 75  # EX_TEMPFAIL
-
-
-def describe_path(path: str | os.PathLike[str]) -> str:
-    """A path as shown in messages: as given, never expanded to an absolute path."""
-    return os.fspath(path)

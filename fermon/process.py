@@ -104,7 +104,7 @@ class ModelIdentity:
     checkpoint_sha256: str
     class_names: tuple[str, ...]
     detector_name: str
-    detector_path: str | None
+    detector_path: str
     detector_sha256: str
 
     def fingerprint(self) -> dict[str, Any]:
@@ -148,22 +148,10 @@ class RunSummary:
 def resolve_models(options: ProcessOptions) -> ModelIdentity:
     """Load the checkpoint's metadata and hash the detector file, without building the detector."""
     from fermon.checkpoint import load_checkpoint
-    from fermon.detect import DEFAULT_MODEL_DIR, bundled_centerface, file_sha256, find_scrfd
+    from fermon.detect import file_sha256, resolve_detector
 
     checkpoint = load_checkpoint(options.checkpoint)
-    name = options.detector
-    pack = Path(options.model_dir or DEFAULT_MODEL_DIR).expanduser()
-    if name == "auto":
-        name = "scrfd" if find_scrfd(pack) else "centerface"
-    if name == "scrfd":
-        found = find_scrfd(pack)
-        if found is None:
-            raise ModelError(f"{pack.name}: no SCRFD detector (det_*.onnx) found")
-        detector_path: Path | None = found
-    elif name == "centerface":
-        detector_path = Path(options.model_dir) if options.model_dir else bundled_centerface()
-    else:
-        raise ModelError(f"unknown detector '{name}'; known: centerface, scrfd")
+    name, detector_path = resolve_detector(options.detector, options.model_dir)
     metadata = checkpoint.metadata
     return ModelIdentity(
         model_name=str(metadata.get("name") or checkpoint.path.stem),
@@ -171,8 +159,8 @@ def resolve_models(options: ProcessOptions) -> ModelIdentity:
         checkpoint_sha256=str(metadata["content_sha256"]),
         class_names=tuple(checkpoint.class_names),
         detector_name=name,
-        detector_path=str(detector_path) if detector_path else None,
-        detector_sha256=file_sha256(detector_path) if detector_path else "",
+        detector_path=str(detector_path),
+        detector_sha256=file_sha256(detector_path),
     )
 
 

@@ -23,10 +23,6 @@ def canonical_classes() -> list[str]:
     return list(load_data_file("vocabulary.json")["canonical"])
 
 
-def dataset_names() -> list[str]:
-    return sorted(load_data_file("vocabulary.json")["datasets"])
-
-
 def dataset_labels(dataset: str) -> list[str]:
     """The dataset's label codes mapped to canonical names: element ``i`` is code ``code_base + i``."""
     datasets = load_data_file("vocabulary.json")["datasets"]

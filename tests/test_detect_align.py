@@ -7,7 +7,7 @@ import pytest
 from insightface.utils import face_align
 
 from fermon.align import CropSpec, crop_faces, similarity_matrix
-from fermon.detect import DETECTORS, CenterFaceDetector, create_detector
+from fermon.detect import DETECTORS, CenterFaceDetector, bundled_centerface, create_detector, resolve_detector
 from fermon.vocab import crop_template
 
 
@@ -39,6 +39,8 @@ def test_centerface_finds_one_face_in_astronaut_and_none_in_a_blank_frame(
 
 def test_auto_falls_back_to_centerface_without_a_model_pack(tmp_path) -> None:
     assert create_detector("auto", tmp_path / "no-pack").name == "centerface"
+    # What a run records is the bundled CenterFace file, not the folder that held no SCRFD.
+    assert resolve_detector("auto", tmp_path) == ("centerface", bundled_centerface())
     assert set(DETECTORS) >= {"centerface", "scrfd"}
 
 
