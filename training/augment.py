@@ -1,8 +1,9 @@
 """Batched augmentation on normalised tensors (see :func:`fermon.classify.normalise_batch`).
 
 One random affine warp per image (rotation, scale, shift: it covers the crop-to-crop variation a
-detector's landmarks give at run time), horizontal flip, brightness/contrast jitter, and random
-erasing (rectangles of noise: occlusion by hands, tubes and pillows).
+detector's landmarks give at run time), horizontal flip, brightness/contrast jitter, Gaussian blur
+(a face far from the camera or out of focus), dim light with sensor noise (a ward at night), and
+random erasing (rectangles of noise: occlusion by hands, tubes and pillows).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from fermon.model import Architecture
 
 
 @dataclass
@@ -24,6 +28,18 @@ class Augmentation:
     jitter: float = 0.25
     erase_probability: float = 0.5
     erase_area: tuple[float, float] = (0.02, 0.25)
+    blur_probability: float = 0.15
+    blur_sigma: tuple[float, float] = (0.01, 0.06)  # as a fraction of the image side
+    dim_probability: float = 0.15
+    dim_light: tuple[float, float] = (0.2, 0.7)  # fraction of the light left
+    dim_noise: float = 0.03  # sensor noise, in 0-1 pixel units
+    # The normalisation the batch carries: dimming scales pixels, not normalised values.
+    pixel_mean: tuple[float, ...] = (0.5,)
+    pixel_std: tuple[float, ...] = (0.5,)
+
+    @classmethod
+    def for_architecture(cls, architecture: Architecture) -> Augmentation:
+        return cls(pixel_mean=tuple(architecture.mean), pixel_std=tuple(architecture.std))
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n = batch.shape[0]
@@ -48,7 +64,40 @@ class Augmentation:
         contrast = uniform(1 - self.jitter, 1 + self.jitter).view(n, 1, 1, 1)
         brightness = uniform(-self.jitter, self.jitter).view(n, 1, 1, 1)
         out = out * contrast + brightness
+        out = self._dim(self._blur(out, generator), generator)
         return self._erase(out, generator).contiguous(memory_format=torch.channels_last)
+
+    def _pick(
+        self, n: int, probability: float, device: torch.device, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        return torch.rand(n, device=device, generator=generator) < probability
+
+    def _blur(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One sigma per batch (gaussian_blur takes one), applied to a random subset of images."""
+        chosen = self._pick(batch.shape[0], self.blur_probability, batch.device, generator)
+        if not bool(chosen.any()):
+            return batch
+        low, high = self.blur_sigma
+        sigma = (
+            float(low + torch.rand(1, generator=generator, device=batch.device).item() * (high - low)) * batch.shape[-1]
+        )
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        blurred = gaussian_blur(batch[chosen], [kernel, kernel], [sigma, sigma])
+        out = batch.clone()
+        out[chosen] = blurred
+        return out
+
+    def _dim(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """pixel' = light * pixel + noise, written in normalised units: x' = light * x + (light - 1) * mean / std."""
+        n, channels = batch.shape[:2]
+        chosen = self._pick(n, self.dim_probability, batch.device, generator).view(n, 1, 1, 1)
+        low, high = self.dim_light
+        light = (torch.rand(n, device=batch.device, generator=generator) * (high - low) + low).view(n, 1, 1, 1)
+        mean = torch.tensor(self.pixel_mean, device=batch.device).view(1, -1, 1, 1).expand(1, channels, 1, 1)
+        std = torch.tensor(self.pixel_std, device=batch.device).view(1, -1, 1, 1).expand(1, channels, 1, 1)
+        noise = torch.randn(batch.shape, device=batch.device, generator=generator) * (self.dim_noise / std)
+        dimmed = light * batch + (light - 1) * mean / std + noise
+        return torch.where(chosen, dimmed, batch)
 
     def _erase(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, _, height, width = batch.shape

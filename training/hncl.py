@@ -290,7 +290,7 @@ def pretrain(
 
     steps_per_epoch = max(1, len(data) // config.batch_size)
     total_steps, warmup_steps = steps_per_epoch * config.epochs, max(1, int(config.warmup_epochs * steps_per_epoch))
-    bf16, augment = use_bf16(config.amp, device), Augmentation()
+    bf16, augment = use_bf16(config.amp, device), Augmentation.for_architecture(architecture)
     for epoch in range(start_epoch, config.epochs):
         model.train()
         rng = np.random.default_rng(config.seed * 1000 + epoch)

@@ -319,7 +319,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         log.info("resuming %s at epoch %d", state_dir, start_epoch + 1)
 
     bf16 = use_bf16(config.amp, device)
-    augment = Augmentation()
+    augment = Augmentation.for_architecture(architecture)
     targets_all = torch.from_numpy(train_data.targets)
     labels_all = torch.from_numpy(train_data.labels)
     for epoch in range(start_epoch, config.epochs):
