@@ -16,19 +16,32 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
-import torch
-import torchvision
 
 from fermon.errors import ModelError
 
 DEFAULT_THRESHOLD = 0.5
+# The smallest face, in video pixels, that a run must find; frames are scaled so that such a face
+# reaches the detector at SEEN_FACE_PX. CenterFace finds faces from about 32 px wide in its input
+# (reports/performance/detector-size.json): 64 means half size, 320x192 for a 640x360 camera, four
+# times faster than full size.
+DEFAULT_MIN_FACE = 64.0
+SEEN_FACE_PX = 32
+# Between whole-frame detections a face is looked for only in a square around where it was: the
+# square spans REGION_SPAN face sizes (room to move about a face width each way) and reaches the
+# detector as REGION_INPUT pixels, so the face is seen at ~50 px whatever its size in the video.
+# Six times fewer pixels than a 640x360 frame at half size.
+REGION_SPAN = 2.5
+REGION_INPUT = 128
+MAX_TRACKED_FACES = 3  # more faces than this: the whole frame costs less than their regions
 DEFAULT_MODEL_DIR = Path("~/.insightface/models/buffalo_l")
 
 
@@ -46,6 +59,12 @@ class Detections:
     @classmethod
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+
+
+class Frames(Protocol):
+    """Anything carrying a batch of frames, such as :class:`fermon.video.FrameBatch`."""
+
+    frames: np.ndarray
 
 
 class FaceDetector(Protocol):
@@ -84,9 +103,15 @@ def _onnx_providers(device: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
-def _scaled_size(height: int, width: int, max_side: int, stride: int = 32) -> tuple[int, int]:
-    """The detector's input size: the longest side at most ``max_side``, both multiples of ``stride``."""
-    scale = min(1.0, max_side / max(height, width))
+def detector_scale(min_face: float) -> float:
+    """How much frames are shrunk for the detector so that ``min_face`` pixels still reach it at SEEN_FACE_PX."""
+    if min_face <= 0:
+        raise ValueError("min_face must be positive")
+    return min(1.0, SEEN_FACE_PX / min_face)
+
+
+def _scaled_size(height: int, width: int, scale: float, stride: int = 32) -> tuple[int, int]:
+    """The detector's input size: the frame scaled by ``scale``, both sides rounded up to multiples of ``stride``."""
     return (
         max(stride, int(np.ceil(height * scale / stride)) * stride),
         max(stride, int(np.ceil(width * scale / stride)) * stride),
@@ -102,7 +127,7 @@ class CenterFaceDetector:
         self,
         model_path: str | os.PathLike[str] | None = None,
         threshold: float = DEFAULT_THRESHOLD,
-        max_side: int = 640,
+        min_face: float = DEFAULT_MIN_FACE,
         threads: int | None = None,
         device: str = "cpu",
         nms_iou: float = 0.3,
@@ -131,7 +156,7 @@ class CenterFaceDetector:
         )
         self.input_name = self.session.get_inputs()[0].name
         self.threshold = threshold
-        self.max_side = max_side
+        self.scale = detector_scale(min_face)
         self.nms_iou = nms_iou
         self.weights_sha256 = file_sha256(path)
 
@@ -139,7 +164,7 @@ class CenterFaceDetector:
         if not images:
             return []
         height, width = images[0].shape[:2]
-        in_h, in_w = _scaled_size(height, width, self.max_side)
+        in_h, in_w = _scaled_size(height, width, self.scale)
         blob = np.stack([cv2.resize(image, (in_w, in_h)) for image in images]).astype(np.float32)
         heatmap, scale, offset, landmark = self.session.run(None, {self.input_name: blob.transpose(0, 3, 1, 2)})
         factors = np.array([in_w / width, in_h / height], dtype=np.float32)
@@ -147,6 +172,25 @@ class CenterFaceDetector:
             self._decode(heatmap[i, 0], scale[i], offset[i], landmark[i], (in_h, in_w), factors)
             for i in range(len(images))
         ]
+
+    def detect_regions(self, image: np.ndarray, boxes: np.ndarray) -> Detections:
+        """Faces in square regions of one image around the given boxes, in image coordinates."""
+        matrices = [region_matrix(box) for box in boxes]
+        blob = np.stack(
+            [
+                cv2.warpAffine(
+                    image, m, (REGION_INPUT, REGION_INPUT), borderMode=cv2.BORDER_CONSTANT, borderValue=(128,) * 3
+                )
+                for m in matrices
+            ]
+        ).astype(np.float32)
+        heatmap, scale, offset, landmark = self.session.run(None, {self.input_name: blob.transpose(0, 3, 1, 2)})
+        size, unit = (REGION_INPUT, REGION_INPUT), np.ones(2, np.float32)
+        parts = [
+            _to_image(self._decode(heatmap[i, 0], scale[i], offset[i], landmark[i], size, unit), matrices[i])
+            for i in range(len(boxes))
+        ]
+        return _merge(parts, image.shape[:2], self.nms_iou)
 
     def _decode(self, heat, scale, offset, landmark, size, factors) -> Detections:
         rows, cols = np.nonzero(heat > self.threshold)
@@ -166,6 +210,9 @@ class CenterFaceDetector:
             ],
             axis=1,
         )
+        import torch
+        import torchvision
+
         scores = heat[rows, cols]
         keep = torchvision.ops.nms(
             torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), self.nms_iou
@@ -177,6 +224,60 @@ class CenterFaceDetector:
         )
 
 
+def region_matrix(box: np.ndarray) -> np.ndarray:
+    """The 2x3 affine map from an image onto the REGION_INPUT square centred on ``box``."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    k = REGION_INPUT / (REGION_SPAN * max(x2 - x1, y2 - y1, 1.0))
+    half = REGION_INPUT / 2
+    return np.array([[k, 0, half - k * (x1 + x2) / 2], [0, k, half - k * (y1 + y2) / 2]], np.float32)
+
+
+def _to_image(found: Detections, matrix: np.ndarray) -> Detections:
+    k, shift = matrix[0, 0], matrix[:, 2]
+    boxes = (found.boxes - np.tile(shift, 2)) / k
+    return Detections(boxes.astype(np.float32), found.scores, ((found.landmarks - shift) / k).astype(np.float32))
+
+
+def _merge(parts: list[Detections], shape: tuple[int, ...], iou: float) -> Detections:
+    """Detections from overlapping regions as one set: clipped to the image, duplicates removed, best first."""
+    import torch
+    import torchvision
+
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return Detections.empty()
+    boxes = np.concatenate([part.boxes for part in parts])
+    boxes = np.clip(boxes, 0, [shape[1], shape[0], shape[1], shape[0]]).astype(np.float32)
+    scores = np.concatenate([part.scores for part in parts])
+    landmarks = np.concatenate([part.landmarks for part in parts])
+    keep = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    return Detections(boxes[keep], scores[keep], landmarks[keep])
+
+
+def detect_tracked(detector: FaceDetector, frames: Sequence[np.ndarray]) -> list[Detections]:
+    """Faces in consecutive frames: the whole first frame, then only around the faces of the frame before.
+
+    A frame after one without faces (or with more than MAX_TRACKED_FACES) is searched whole again, so
+    a face that leaves and returns is found at once; a new face beside a tracked one is found at the
+    next batch's first frame (8 samples later). Detectors without ``detect_regions`` search every
+    frame whole.
+    """
+    regions = getattr(detector, "detect_regions", None)
+    results: list[Detections] = []
+    for frame in frames:
+        previous = results[-1] if results else None
+        if regions is None or previous is None or not 0 < len(previous) <= MAX_TRACKED_FACES:
+            results.append(detector.detect([frame])[0])
+        else:
+            results.append(regions(frame, previous.boxes))
+    return results
+
+
+def detect_whole(detector: FaceDetector, frames: Sequence[np.ndarray]) -> list[Detections]:
+    """Faces in every frame, each searched whole."""
+    return detector.detect(list(frames))
+
+
 class ScrfdDetector:
     """insightface's SCRFD from a model file or a model-pack folder."""
 
@@ -186,7 +287,7 @@ class ScrfdDetector:
         self,
         model_path: str | os.PathLike[str],
         threshold: float = DEFAULT_THRESHOLD,
-        max_side: int = 640,
+        min_face: float = DEFAULT_MIN_FACE,
         threads: int | None = None,
         device: str = "cpu",
     ) -> None:
@@ -200,9 +301,9 @@ class ScrfdDetector:
         )
         if model is None or getattr(model, "taskname", None) != "detection":
             raise ModelError(f"{path.name}: insightface does not recognise it as a face detector")
-        model.prepare(ctx_id=0 if device != "cpu" else -1, det_thresh=threshold, input_size=(max_side, max_side))
+        model.prepare(ctx_id=0 if device != "cpu" else -1, det_thresh=threshold, input_size=(640, 640))
         self.model = model
-        self.max_side = max_side
+        self.scale = detector_scale(min_face)
         self.threshold = threshold
         self.weights_sha256 = file_sha256(path)
 
@@ -210,7 +311,7 @@ class ScrfdDetector:
         results = []
         for image in images:
             height, width = image.shape[:2]
-            in_h, in_w = _scaled_size(height, width, self.max_side)
+            in_h, in_w = _scaled_size(height, width, self.scale)
             boxes, landmarks = self.model.detect(image[:, :, ::-1].copy(), input_size=(in_w, in_h))
             if boxes is None or len(boxes) == 0:
                 results.append(Detections.empty())
@@ -223,6 +324,39 @@ class ScrfdDetector:
                 )
             )
         return results
+
+
+def detect_in_parallel(
+    detect: Callable[[Sequence[np.ndarray]], list[Detections]], batches: Iterable[Frames], threads: int
+) -> Iterator[tuple[Frames, list[Detections]]]:
+    """Run ``detect`` over batches of frames on ``threads`` threads, yielding results in input order.
+
+    Each ONNX Runtime session runs single-threaded and whole batches go to a thread pool: on a few
+    cores that keeps every core busy where one session's intra-op threads wait on each other
+    (measured in reports/performance.md). ONNX Runtime releases the GIL while it runs.
+    """
+    if threads <= 1:
+        for batch in batches:
+            yield batch, detect(batch.frames)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="fermon-detect") as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(detect, batch.frames)))
+            if len(pending) > threads:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container's or a taskset's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def bundled_centerface() -> Path:

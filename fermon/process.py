@@ -13,12 +13,14 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fermon import __version__
+from fermon.detect import DEFAULT_MIN_FACE
 from fermon.errors import FermonError, ModelError, UsageError
 from fermon.ledger import FolderLock, Ledger, file_fingerprint, json_fingerprint
 from fermon.timeline import (
@@ -38,6 +40,7 @@ from fermon.video import (
     find_inputs,
     iter_batches,
     probe,
+    read_ahead,
     sample_indices,
 )
 
@@ -58,12 +61,13 @@ class ProcessOptions:
     detector: str = "auto"
     model_dir: str | None = None
     threshold: float = 0.5
-    max_side: int = 640
+    min_face: float = DEFAULT_MIN_FACE  # video pixels; sets the detector's input scale
+    whole_frames: bool = False  # search every sample whole, not only around the faces of the one before
     device: str = "auto"
     batch_size: int = 64
     session_by: str = "file"
     segment_samples: int = SEGMENT_SAMPLES
-    threads: int | None = None  # per worker, for ONNX Runtime and torch
+    threads: int | None = None  # detection threads per worker; None: the cores available
 
     def validate(self) -> None:
         if self.fps < 0:
@@ -74,16 +78,19 @@ class ProcessOptions:
             raise UsageError("--session-by must be 'file' or 'folder'")
         if self.batch_size < 1 or self.segment_samples < 1:
             raise UsageError("--batch-size must be at least 1")
+        if self.min_face <= 0:
+            raise UsageError("--min-face must be positive (pixels)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError("--device must be auto, cpu or cuda")
 
     def relevant(self) -> dict[str, Any]:
         """Options that change the rows written (device, batch size and workers do not)."""
         return {
-            "fps": self.fps,
+            "fps": float(self.fps),
             "target": self.target,
-            "threshold": self.threshold,
-            "max_side": self.max_side,
+            "threshold": float(self.threshold),
+            "min_face": float(self.min_face),  # 64 and 64.0 are one setting
+            "whole_frames": self.whole_frames,
             "session_by": self.session_by,
         }
 
@@ -173,20 +180,21 @@ def cached_models(identity: ModelIdentity, options: ProcessOptions) -> tuple[Any
     from fermon.classify import ExpressionClassifier, resolve_device
     from fermon.detect import create_detector
 
-    key = (identity, options.threshold, options.max_side, options.device, options.batch_size, options.threads)
+    key = (identity, options.threshold, options.min_face, options.device, options.batch_size, options.threads)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model set per worker: a new configuration replaces the old
-        if options.threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(options.threads)
+        # Classification runs on one thread beside the detection threads (detect_in_parallel), which
+        # take the worker's cores; more torch threads would only wait on them.
+        torch.set_num_threads(1)
         device = resolve_device(options.device).type
         detector = create_detector(
             identity.detector_name,
             identity.detector_path,
             threshold=options.threshold,
-            max_side=options.max_side,
-            threads=options.threads,
+            min_face=options.min_face,
+            threads=1,  # parallel over batches instead: see detect.detect_in_parallel
             device=device,
         )
         checkpoint = load_checkpoint(identity.checkpoint_path)
@@ -228,26 +236,39 @@ class _FaceRows:
             self._pending.append(crops)
             self._pending_count += len(crops)
             if self._pending_count >= self.classifier.batch_size:
-                self.flush()
+                self.flush(whole_batches_only=True)
 
-    def flush(self) -> None:
-        if self._pending:
-            self.probs.append(self.classifier.predict(np.concatenate(self._pending)))
-        self._pending, self._pending_count = [], 0
+    def flush(self, whole_batches_only: bool = False) -> None:
+        """Classify what is pending; with ``whole_batches_only``, only full batches, keeping the rest.
+
+        Full batches give the classifier one input shape all session long, so its kernels are
+        planned once and its memory stays flat."""
+        if not self._pending:
+            return
+        crops = np.concatenate(self._pending)
+        cut = len(crops) - len(crops) % self.classifier.batch_size if whole_batches_only else len(crops)
+        if cut:
+            self.probs.append(self.classifier.predict(crops[:cut]))
+        self._pending = [crops[cut:]] if cut < len(crops) else []
+        self._pending_count = len(crops) - cut
 
 
 def _detect_session(
     session: Session, detector: Any, rows: _FaceRows, options: ProcessOptions, on_frames: Callable[[int], None]
 ):
+    from fermon.detect import available_cores, detect_in_parallel, detect_tracked, detect_whole
+
     infos, gaps = [], []
     offset = 0.0
     for number, video in enumerate(session.videos):
         info, starts = probe(video)
         video_gaps: list[DecodeGap] = []
-        for batch in iter_batches(
-            video, sample_indices(starts, options.fps), starts, video_gaps, options.segment_samples
-        ):
-            found = detector.detect(list(batch.frames))
+        # Decoding runs one thread ahead; detection runs on the remaining cores, in input order.
+        batches = read_ahead(
+            iter_batches(video, sample_indices(starts, options.fps), starts, video_gaps, options.segment_samples)
+        )
+        detect = partial(detect_whole if options.whole_frames else detect_tracked, detector)
+        for batch, found in detect_in_parallel(detect, batches, options.threads or available_cores()):
             for index, stamp, frame, detections in zip(
                 batch.frame_indices, batch.timestamps_s, batch.frames, found, strict=True
             ):
@@ -449,7 +470,9 @@ def _run_dask(todo, options, identity, out_dir, workers, scheduler, scheduler_fi
     resources = gpu_resources(options.device, cluster is not None, cuda)
     if cluster is not None and not options.threads:
         # Split the cores between local workers; a remote cluster's workers decide for themselves.
-        options = replace(options, threads=max(1, (os.cpu_count() or 1) // count))
+        from fermon.detect import available_cores
+
+        options = replace(options, threads=max(1, available_cores() // count))
     try:
         futures = {}
         for session, _ in todo:

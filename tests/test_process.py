@@ -277,3 +277,12 @@ def test_gpu_work_asks_dask_for_a_gpu_only_where_one_is_declared() -> None:
     assert gpu_resources("cuda", local_cluster=False, cuda_available=False) == {"GPU": 1}
     assert gpu_resources("cpu", local_cluster=True, cuda_available=True) is None
     assert gpu_resources("auto", local_cluster=True, cuda_available=False) is None
+
+
+def test_numbers_written_as_int_or_float_are_one_setting() -> None:
+    # The CLI passes floats, a Python caller may pass ints: a rerun must still find the sessions done.
+    assert (
+        ProcessOptions(fps=5, min_face=64, threshold=1).relevant()
+        == ProcessOptions(fps=5.0, min_face=64.0, threshold=1.0).relevant()
+    )
+    assert ProcessOptions(min_face=64).relevant() != ProcessOptions(min_face=96).relevant()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fermon.detect import CenterFaceDetector
+from fermon.detect import SEEN_FACE_PX, CenterFaceDetector
 from training.datasets import LabelledFaces
 
 FACE_PIXELS = 192  # a 48 px FERPlus face upscaled 4x
@@ -33,7 +33,7 @@ def on_canvas(face: np.ndarray) -> tuple[np.ndarray, int, float]:
 
 def measure_landmarks(faces: LabelledFaces, batch: int = 32) -> np.ndarray:
     """The best face's landmarks in each image where one is found, in the faces' own pixels: (M, 5, 2)."""
-    detector = CenterFaceDetector(max_side=CANVAS)
+    detector = CenterFaceDetector(min_face=SEEN_FACE_PX)
     found = []
     for start in range(0, len(faces), batch):
         placed = [on_canvas(face) for face in faces.images[start : start + batch]]

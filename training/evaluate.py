@@ -17,8 +17,8 @@ import numpy as np
 from fermon.align import CropSpec, crop_face
 from fermon.checkpoint import load_checkpoint
 from fermon.classify import ExpressionClassifier
-from fermon.detect import CenterFaceDetector
-from training.crop_template import CANVAS, on_canvas
+from fermon.detect import SEEN_FACE_PX, CenterFaceDetector
+from training.crop_template import on_canvas
 from training.datasets import LabelledFaces, read_dataset
 from training.metrics import classification_report
 
@@ -44,7 +44,7 @@ def recrop_like_video(images: np.ndarray, spec: CropSpec, batch: int = 32) -> tu
     Each face is upscaled onto a grey canvas (a detector needs context around a face), CenterFace
     finds its landmarks, and they are warped onto the checkpoint's template from the canvas.
     """
-    detector = CenterFaceDetector(max_side=CANVAS)
+    detector = CenterFaceDetector(min_face=SEEN_FACE_PX)
     crops, found = [], []
     for start in range(0, len(images), batch):
         canvases = [on_canvas(face)[0] for face in images[start : start + batch]]

@@ -55,9 +55,9 @@ class CenterFaceLandmarks:
     points = 5
 
     def __init__(self, threshold: float = 0.5, batch: int = 32) -> None:
-        from fermon.detect import CenterFaceDetector
+        from fermon.detect import SEEN_FACE_PX, CenterFaceDetector
 
-        self.detector = CenterFaceDetector(max_side=CANVAS, threshold=threshold)
+        self.detector = CenterFaceDetector(min_face=SEEN_FACE_PX, threshold=threshold)
         self.batch = batch
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from fermon.classify import batched_logits, normalise_batch, resolve_device, softmax
+from fermon.classify import batched_logits, cpu_has_amx, normalise_batch, resolve_device, softmax
 from fermon.errors import UsageError
 from fermon.model import CLIP_LOGIT_SCALE, KE2NT, Architecture, load_architecture
 from fermon.text import DEFAULT_TEXT_ENCODER, create_text_encoder
@@ -233,7 +233,7 @@ def use_bf16(amp: str, device: torch.device) -> bool:
         return True
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return cpu_has_amx()
 
 
 def evaluate_model(model: torch.nn.Module, data: LabelledFaces, device: torch.device) -> dict[str, Any]:

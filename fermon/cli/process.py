@@ -10,6 +10,7 @@ from typing import IO, Annotated, Any, Optional
 import typer
 
 from fermon.cli._common import exit_on_error
+from fermon.detect import DEFAULT_MIN_FACE
 
 
 class _Reporter:
@@ -68,8 +69,27 @@ def process(
     detector: Annotated[str, typer.Option(help="auto, centerface or scrfd.")] = "auto",
     model_dir: Annotated[Optional[Path], typer.Option(help="insightface model pack for SCRFD.")] = None,
     threshold: Annotated[float, typer.Option(help="Face detection score threshold.")] = 0.5,
+    min_face: Annotated[
+        float,
+        typer.Option(
+            help="Width in video pixels of the smallest face to find. Frames are shrunk for the detector as far as "
+            "this allows: larger is faster (reports/performance.md)."
+        ),
+    ] = DEFAULT_MIN_FACE,
+    whole_frames: Annotated[
+        bool,
+        typer.Option(
+            "--whole-frames",
+            help="Search every sampled frame whole. By default a frame after one with faces is searched only "
+            "around them (a new face is found within 8 samples); this finds it at once, at about half the speed.",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Face crops per classifier batch.")] = 64,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="Detection threads per worker (default: its cores); classification takes one more."),
+    ] = None,
     session_by: Annotated[str, typer.Option(help="file, or folder (its videos are one session).")] = "file",
     workers: Annotated[
         Optional[int], typer.Option(help="Local Dask workers (default: sized to the machine); 0 = no Dask.")
@@ -100,7 +120,10 @@ def process(
             detector=detector,
             model_dir=str(model_dir) if model_dir else None,
             threshold=threshold,
+            min_face=min_face,
+            whole_frames=whole_frames,
             device=device,
+            threads=threads,
             batch_size=batch_size,
             session_by=session_by,
         )

@@ -54,7 +54,7 @@ def to_svg(figure: Any, salt: str) -> str:
     from matplotlib import rc_context
 
     buffer = io.StringIO()
-    with rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
+    with rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     text = _SVG_METADATA.sub("", _SVG_START.sub("", buffer.getvalue(), count=1), count=1)
     return text.replace("<svg ", '<svg role="img" ', 1)
