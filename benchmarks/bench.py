@@ -25,11 +25,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import fermon
+from fermon.classify import cpu_has_amx
+from fermon.detect import available_cores, detect_in_parallel, detect_tracked, detector_scale
 from fermon.process import ProcessOptions, cached_models, process_session, resolve_models, run_process
-from fermon.video import Session, find_inputs, iter_batches, probe, sample_indices
+from fermon.video import Session, find_inputs, iter_batches, probe, read_ahead, sample_indices
 
 
 @dataclass
@@ -73,31 +76,37 @@ def _timed(runs: int, work: Callable[[], int]) -> tuple[list[float], int]:
     return seconds, samples
 
 
-def _decode(session: Session, fps: float, detector=None) -> int:
+def _decode(session: Session, fps: float, detector=None, threads: int = 1) -> int:
+    """Decode only (as the pipeline decodes), or decode and detect as the pipeline overlaps them."""
     video = session.videos[0]
     _, starts = probe(video)
-    count = 0
-    for batch in iter_batches(video, sample_indices(starts, fps), starts, []):
-        if detector is not None:
-            detector.detect(list(batch.frames))
-        count += len(batch.frame_indices)
-    return count
+    batches = iter_batches(video, sample_indices(starts, fps), starts, [])
+    if detector is None:
+        return sum(len(batch.frame_indices) for batch in batches)
+    detect = partial(detect_tracked, detector)
+    return sum(len(batch.frame_indices) for batch, _ in detect_in_parallel(detect, read_ahead(batches), threads))
 
 
 def measure_in_process(session: Session, options: ProcessOptions, runs: int, out: Path) -> list[Measurement]:
     identity = resolve_models(options)
+    threads = options.threads or available_cores()
     duration = probe(session.videos[0])[0].duration_s
     results = []
     for fps in (5.0, 0.0):
         detector, _ = cached_models(identity, replace(options, fps=fps))
         stages: list[tuple[str, int | None, Callable[[], int]]] = [
             ("decode", None, lambda fps=fps: _decode(session, fps)),
-            ("decode+detect", None, lambda fps=fps, d=detector: _decode(session, fps, d)),
+            ("decode+detect", None, lambda fps=fps, d=detector: _decode(session, fps, d, threads)),
         ]
         for batch_size in (16, 64):
             run_options = replace(options, fps=fps, batch_size=batch_size)
             stages.append(
                 ("full", batch_size, lambda o=run_options: process_session(session, o, identity, str(out)).samples)
+            )
+        if fps > 0:  # the cost of searching every sample whole (--whole-frames)
+            whole = replace(options, fps=fps, batch_size=64, whole_frames=True)
+            stages.append(
+                ("full, whole frames", 64, lambda o=whole: process_session(session, o, identity, str(out)).samples)
             )
         for stage, batch_size, work in stages:
             seconds, samples = _timed(runs, work)
@@ -116,7 +125,7 @@ def measure_dask(video: Path, options: ProcessOptions, runs: int, workdir: Path)
         inputs.mkdir()
         for copy in range(workers):
             shutil.copy(video, inputs / f"copy{copy}{video.suffix}")
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, available_cores() // workers)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
         with cluster, Client(cluster):
             run_options = replace(options, threads=threads)
@@ -134,12 +143,23 @@ def measure_dask(video: Path, options: ProcessOptions, runs: int, workdir: Path)
     return results
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, object]:
     import onnxruntime
     import torch
 
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
+        "amx": cpu_has_amx(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -149,12 +169,15 @@ def machine() -> dict[str, object]:
     }
 
 
-def write_report(path: Path, video: Path, info: dict[str, object], rows: list[Measurement], command: str) -> None:
+def write_report(
+    path: Path, video: Path, info: dict[str, object], rows: list[Measurement], command: str, options: ProcessOptions
+) -> None:
     decode = {m.fps: m for m in rows if m.stage == "decode"}
     payload = {
         "video": {"name": video.name, **info},
         "machine": machine(),
         "command": command,
+        "options": options.public(),
         "results": [
             {**m.row(), "ratio_to_decode": round(decode[m.fps].median_s / m.median_s, 3) if m.fps in decode else None}
             for m in rows
@@ -162,11 +185,11 @@ def write_report(path: Path, video: Path, info: dict[str, object], rows: list[Me
     }
     path.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
-        "# Performance",
-        "",
-        f"Measured on {payload['machine']['cores']} cores ({payload['machine']['cpu']}), "
+        f"Measured on {payload['machine']['cores']} cores ({payload['machine']['cpu']}"
+        f"{', AMX' if payload['machine']['amx'] else ''}), "
         f"CUDA: {payload['machine']['cuda'] or 'none'}; video {video.name}: {info['width']}x{info['height']}, "
-        f"{info['fps']:g} fps, {info['duration_s']:.0f} s, {info['codec']}.",
+        f"{info['fps']:g} fps, {info['duration_s']:.0f} s, {info['codec']}. Detector CenterFace with "
+        f"--min-face {options.min_face:g} (frames shrunk by {detector_scale(options.min_face):g}), the default model.",
         "",
         f"Reproduce: `{command}`",
         "",
@@ -184,7 +207,20 @@ def write_report(path: Path, video: Path, info: dict[str, object], rows: list[Me
             f"{result['samples']} | {result['median_s']:.2f} | {result['samples_per_s']:.1f} | "
             f"{result['realtime_factor']:.1f}x | {ratio} |"
         )
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _write_between_markers(path.with_suffix(".md"), "\n".join(lines))
+
+
+BEGIN, END = "<!-- bench.py writes from here -->", "<!-- to here -->"
+
+
+def _write_between_markers(path: Path, table: str) -> None:
+    """Replace the measured part of the report and keep the written analysis around it."""
+    text = path.read_text() if path.is_file() else f"{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = f"{BEGIN}\n{END}\n\n{text}"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 def main() -> None:
@@ -204,7 +240,7 @@ def main() -> None:
         if not args.skip_dask:
             rows += measure_dask(args.video, options, args.runs, Path(tmp))
     command = f"python benchmarks/bench.py {args.video.name} --runs {args.runs} --device {args.device}"
-    write_report(args.out, args.video, info, rows, command)
+    write_report(args.out, args.video, info, rows, command, options)
     print(f"wrote {args.out.with_suffix('.md')}")
 
 
