@@ -7,9 +7,7 @@ embedded PNG so that hour-long sessions still give small pages.
 from __future__ import annotations
 
 import io
-import itertools
 import re
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,12 +69,13 @@ def _binned(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.nda
     """Mean of ``y`` in ``bins`` equal-count chunks, keeping NaN where a chunk is all NaN."""
     if len(x) <= bins:
         return x, y
-    edges = np.linspace(0, len(x), bins + 1).astype(int)
-    xs = np.array([x[a:b].mean() for a, b in itertools.pairwise(edges)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN chunk is a gap: NaN is right
-        ys = np.array([np.nanmean(y[a:b]) for a, b in itertools.pairwise(edges)])
-    return xs, ys
+    starts = np.linspace(0, len(x), bins + 1).astype(int)[:-1]  # every chunk holds at least one sample
+    valid = ~np.isnan(y)
+    xs = np.add.reduceat(x, starts) / np.diff(np.append(starts, len(x)))
+    sums = np.add.reduceat(np.where(valid, y, 0.0), starts)
+    counts = np.add.reduceat(valid.astype(np.int64), starts)
+    with np.errstate(invalid="ignore"):  # 0/0 for an all-NaN chunk: a gap, NaN is right
+        return xs, sums / counts
 
 
 def _shade_gaps(ax: Any, gaps: Sequence[dict[str, Any]], scale: float) -> None:
