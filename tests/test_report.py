@@ -3,6 +3,7 @@ headless Chromium, summary.parquet checked against the analyst API, incremental 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -76,9 +77,45 @@ def test_pages_are_self_contained_and_private(processed: Path) -> None:
     assert session.count("<svg") == 4 and "checkpoint sha256" in session and fermon.__version__ in session
 
 
-def test_include_thumbnails_is_refused(processed: Path) -> None:
+def test_include_thumbnails_needs_the_videos(processed: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(processed), "--include-thumbnails"])
-    assert result.exit_code == 64 and "not implemented" in result.output
+    assert result.exit_code == 64 and "--videos" in result.output
+
+
+def _thumbnails(html: str) -> list[np.ndarray]:
+    uris = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', html)
+    return [cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_COLOR) for uri in uris]
+
+
+@pytest.mark.slow
+def test_thumbnails_only_when_asked_and_taken_from_the_video(processed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(processed, out)
+    clips = processed.parent / "clips"
+    result = CliRunner().invoke(app, ["report", str(out), "--include-thumbnails", "--videos", str(clips)])
+    assert result.exit_code == 0, result.output
+    face = (out / "reports" / "sessions" / "face.html").read_text()
+    images = _thumbnails(face)
+    assert images and "identifiable data" in face
+    for image in images:  # a face crop from the astronaut clip: textured, not a flat frame
+        assert image.shape[0] == 96 and image.std() > 20
+    blank = (out / "reports" / "sessions" / "blank.html").read_text()
+    assert not _thumbnails(blank) and "No target face to show" in blank
+    assert "<img" not in (out / "reports" / "index.html").read_text()
+    # Built again without the option, every page loses its faces.
+    rebuilt = build_reports(out)
+    assert sorted(rebuilt.built) == ["blank", "face", "two"]
+    assert "<img" not in (out / "reports" / "sessions" / "face.html").read_text()
+
+
+@pytest.mark.slow
+def test_thumbnails_name_a_video_that_is_not_there(processed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(processed, out)
+    build_reports(out, thumbnails_from=[tmp_path / "elsewhere"])
+    face = (out / "reports" / "sessions" / "face.html").read_text()
+    assert not _thumbnails(face) and "Not found or not readable" in face and "face.mp4" in face
+    assert str(tmp_path) not in face
 
 
 @pytest.mark.slow

@@ -100,6 +100,12 @@ def process(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display or messages.")] = False,
     log_json: Annotated[Optional[Path], typer.Option(help="Write one JSON object per event to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip DIR/reports/ and DIR/summary.parquet.")] = False,
+    include_thumbnails: Annotated[
+        bool,
+        typer.Option(
+            "--include-thumbnails", help="Session pages show each expression's most confident face (identifiable)."
+        ),
+    ] = False,
 ) -> None:
     """Detect, track and classify faces in videos into DIR/timelines/<session>.parquet.
 
@@ -155,5 +161,5 @@ def process(
         from fermon.cli.report import run_reports
 
         with exit_on_error():
-            run_reports(out, quiet=quiet)
+            run_reports(out, quiet=quiet, thumbnails_from=inputs if include_thumbnails else None)
     raise typer.Exit(summary.exit_code)

@@ -19,8 +19,17 @@ def report(
     out: Annotated[Path, typer.Argument(help="The output folder of 'fermon process'.")],
     force: Annotated[bool, typer.Option("--force", help="Rebuild every session page.")] = False,
     include_thumbnails: Annotated[
-        bool, typer.Option("--include-thumbnails", help="Face thumbnails on pages (not implemented).")
+        bool,
+        typer.Option(
+            "--include-thumbnails",
+            help="Show each session's most confident face per expression, decoded from the videos under --videos. "
+            "Pages then identify patients.",
+        ),
     ] = False,
+    videos: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="The inputs given to 'fermon process' (where the timelines' videos are), for thumbnails."),
+    ] = None,
     workers: Annotated[
         Optional[int], typer.Option(help="Processes for building many pages (default: one per CPU); 0 = none.")
     ] = None,
@@ -32,20 +41,31 @@ def report(
     Exit status: 0 done; 64 bad usage; 66 no timelines in DIR; 73 cannot write; 75 a run holds DIR.
     """
     with exit_on_error():
-        if include_thumbnails:
-            # Pages carry no face images by design; an opt-in would need consent handling first.
-            raise UsageError("--include-thumbnails is not implemented: reports never show faces")
+        if include_thumbnails and not videos:
+            raise UsageError("--include-thumbnails needs --videos: the files or folders given to 'fermon process'")
+        if videos and not include_thumbnails:
+            raise UsageError("--videos is only used with --include-thumbnails")
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (in-process) or more")
-        run_reports(out, force=force, workers=workers, quiet=quiet)
+        run_reports(
+            out, force=force, workers=workers, quiet=quiet, thumbnails_from=videos if include_thumbnails else None
+        )
 
 
-def run_reports(out: Path, *, force: bool = False, workers: int | None = None, quiet: bool = False) -> None:
+def run_reports(
+    out: Path,
+    *,
+    force: bool = False,
+    workers: int | None = None,
+    quiet: bool = False,
+    thumbnails_from: list[Path] | None = None,
+) -> None:
     """Build the reports (one process per CPU by default) and say what was done; also used by
     ``fermon process`` after its run. Raises FermonError."""
     from fermon.report import build_reports
 
-    result = build_reports(out, force=force, workers=(os.cpu_count() or 1) if workers is None else workers)
+    count = (os.cpu_count() or 1) if workers is None else workers
+    result = build_reports(out, force=force, workers=count, thumbnails_from=thumbnails_from)
     if not quiet:
         echo_result(out, result)
 

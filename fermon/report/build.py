@@ -146,8 +146,11 @@ def _session_gaps(metadata: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- one session
 
 
-def build_session_page(path: Path, page_path: Path, thresholds: QualityThresholds) -> tuple[dict[str, Any], list[str]]:
-    """Read one timeline, write its page; return its summary row and class names."""
+def build_session_page(
+    path: Path, page_path: Path, thresholds: QualityThresholds, video_roots: tuple[Path, ...] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Read one timeline, write its page; return its summary row and class names. With ``video_roots``
+    (--include-thumbnails) the page also shows faces decoded again from the recordings there."""
     from fermon.report import pages, plots
 
     frame, metadata = read_timeline(path)
@@ -163,7 +166,12 @@ def build_session_page(path: Path, page_path: Path, thresholds: QualityThreshold
         "coverage": plots.coverage_figure(samples, gaps, f"{sid}-c"),
         "detection": plots.detection_figure(samples, f"{sid}-d"),
     }
-    html = pages.session_page(row, metadata, figures, gaps, thresholds_dict(thresholds))
+    thumbnails, missing = None, []
+    if video_roots is not None:
+        from fermon.report.thumbnails import session_thumbnails
+
+        thumbnails, missing = session_thumbnails(samples, class_names, video_roots)
+    html = pages.session_page(row, metadata, figures, gaps, thresholds_dict(thresholds), thumbnails, missing)
     write_text_atomic(page_path, html)
     return row, class_names
 
@@ -171,18 +179,20 @@ def build_session_page(path: Path, page_path: Path, thresholds: QualityThreshold
 # --------------------------------------------------------------------------- the build
 
 
-def _build_pages(jobs: list[tuple[str, Path, Path]], thresholds: QualityThresholds, workers: int) -> list:
+def _build_pages(
+    jobs: list[tuple[str, Path, Path]], thresholds: QualityThresholds, workers: int, roots: tuple[Path, ...] | None
+) -> list:
     """(row, class names) per job, in order; in worker processes when there are many pages."""
     count = min(workers, len(jobs) // PAGES_PER_WORKER)
     if count < 2:
-        return [build_session_page(path, page_path, thresholds) for _, path, page_path in jobs]
+        return [build_session_page(path, page_path, thresholds, roots) for _, path, page_path in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: the caller may hold torch/OpenMP or Dask threads that a fork would copy mid-state.
     # (spawn re-imports the caller's __main__, which must be guarded: hence no workers by default.)
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(build_session_page, path, page_path, thresholds) for _, path, page_path in jobs]
+        futures = [pool.submit(build_session_page, path, page, thresholds, roots) for _, path, page in jobs]
         return [future.result() for future in futures]
 
 
@@ -192,12 +202,15 @@ def build_reports(
     force: bool = False,
     thresholds: QualityThresholds | None = None,
     workers: int = 0,
+    thumbnails_from: list[Path] | None = None,
 ) -> ReportResult:
     """Write ``reports/sessions/<id>.html``, ``reports/index.html`` and ``summary.parquet`` in ``out_dir``.
 
     Session pages whose timeline is unchanged since they were built are kept unless ``force``.
     With ``workers`` > 1, many changed pages are built in that many processes (the caller's ``__main__``
     must then be guarded by ``if __name__ == "__main__"``); by default all are built in this process.
+    ``thumbnails_from`` (the inputs given to ``fermon process``) adds each session's most confident
+    face per expression to its page, decoded from the recordings; pages show no faces without it.
     Holds the output folder's lock, so it never runs beside ``fermon process`` on the same folder
     (raises :class:`fermon.errors.BusyError` then). Raises InputError without ``timelines/``.
     """
@@ -210,7 +223,14 @@ def build_reports(
     has_ledger = (out_dir / LEDGER_NAME).is_file() and not (out_dir / TIMELINES_DIR).is_dir()
     files = {} if has_ledger else timeline_files(out_dir)
     reports = out_dir / REPORTS_DIR
-    builder = {"fermon_version": __version__, "format": REPORT_FORMAT, "thresholds": thresholds_dict(thresholds)}
+    roots = tuple(Path(p).resolve() for p in thumbnails_from) if thumbnails_from is not None else None
+    # Faces on or off changes every page, so it is part of what the pages were built with.
+    builder = {
+        "fermon_version": __version__,
+        "format": REPORT_FORMAT,
+        "thresholds": thresholds_dict(thresholds),
+        "thumbnails": roots is not None,
+    }
     result = ReportResult()
     with FolderLock(out_dir):
         recorded = {} if force else _load_manifest(reports / MANIFEST_NAME, builder)
@@ -225,7 +245,7 @@ def build_reports(
                 result.unchanged.append(session_id)
             else:
                 jobs.append((session_id, path, page_path))
-        for (session_id, _, _), (row, class_names) in zip(jobs, _build_pages(jobs, thresholds, workers)):
+        for (session_id, _, _), (row, class_names) in zip(jobs, _build_pages(jobs, thresholds, workers, roots)):
             entries[session_id] = {"timeline": stamps[session_id], "row": row, "class_names": class_names}
             result.built.append(session_id)
         result.removed = _remove_stale_pages(reports / SESSIONS_DIR, set(files))

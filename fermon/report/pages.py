@@ -33,6 +33,9 @@ figure svg { max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: .9em; }
 code { font-size: .9em; word-break: break-all; }
 .wide { overflow-x: auto; }
+.thumbs { display: flex; flex-wrap: wrap; gap: .8rem; }
+figure.thumb { margin: 0; text-align: center; } figure.thumb img { height: 96px; border-radius: 4px; }
+.warning { color: var(--flag); font-weight: 600; }
 @media print {
   body { max-width: none; padding: 0; font-size: 11px; }
   nav, .noprint { display: none; }
@@ -136,8 +139,11 @@ def session_page(
     figures: Mapping[str, str],
     gaps: Sequence[Mapping[str, Any]],
     thresholds: Mapping[str, float],
+    thumbnails: Sequence[Any] | None = None,
+    missing_videos: Sequence[str] = (),
 ) -> str:
-    """One session's page: figures, quality flags and provenance."""
+    """One session's page: figures, quality flags and provenance; faces only when ``thumbnails`` is
+    given (a list, possibly empty: built with --include-thumbnails)."""
     sid = str(row["session_id"])
     class_names = list(metadata.get("class_names") or [])
     facts = [
@@ -182,6 +188,7 @@ def session_page(
 target face counts as not covered. Shaded red bands mark segments that failed to decode.</p>
 <h2>Quality</h2><p>{flags_html(row)}</p><p class="muted">{escape(rules)}</p>
 <div class="wide"><table>{facts_html}</table></div>
+{thumbnails_html(thumbnails, missing_videos)}
 <h2>Expressions over time</h2>
 {_figure(figures["expressions"], "Probability of each expression: lines smoothed over about 2 s, dots raw samples.")}
 <h2>Share of time in each expression</h2>
@@ -196,6 +203,31 @@ target face counts as not covered. Shaded red bands mark segments that failed to
 {provenance_html(metadata)}
 """
     return page(f"fermon – {sid}", body)
+
+
+def thumbnails_html(thumbnails: Sequence[Any] | None, missing_videos: Sequence[str]) -> str:
+    """The faces section: absent by default; with --include-thumbnails, each expression's most
+    confident sample, under a warning that the page now identifies the patient."""
+    if thumbnails is None:
+        return ""
+    figures = "".join(
+        f'<figure class="thumb"><img src="{t.data_uri}" alt="face, {escape(t.expression)}, {t.timestamp_s:.1f} s">'
+        f"<figcaption>{escape(t.expression)}<br>{duration(t.timestamp_s)} · p {t.probability:.2f}</figcaption></figure>"
+        for t in thumbnails
+    )
+    missing = (
+        f'<p class="muted">Not found or not readable, so no faces from: {escape(", ".join(missing_videos))}.</p>'
+        if missing_videos
+        else ""
+    )
+    empty = "" if thumbnails else "<p>No target face to show.</p>"
+    return f"""
+<h2>Faces</h2>
+<p class="warning">This page shows the patient's face (built with --include-thumbnails): treat it as
+identifiable data.</p>
+<p class="muted">For each expression, the sample where the target face shows it most confidently.</p>
+<div class="thumbs">{figures}</div>{empty}{missing}
+"""
 
 
 def provenance_html(metadata: Mapping[str, Any]) -> str:
