@@ -102,6 +102,8 @@ def test_thumbnails_only_when_asked_and_taken_from_the_video(processed: Path, tm
     blank = (out / "reports" / "sessions" / "blank.html").read_text()
     assert not _thumbnails(blank) and "No target face to show" in blank
     assert "<img" not in (out / "reports" / "index.html").read_text()
+    _, console, requests = chromium((out / "reports" / "sessions" / "face.html").as_uri(), tmp_path)
+    assert console == "" and requests == []  # the faces are inline data, not fetched
     # Built again without the option, every page loses its faces.
     rebuilt = build_reports(out)
     assert sorted(rebuilt.built) == ["blank", "face", "two"]
