@@ -15,6 +15,7 @@ Sources (a registry; a new one is one class):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,6 +23,8 @@ import cv2
 import numpy as np
 
 from fermon.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 CANVAS = 320
 FACE_SIDE = 192  # the crop's side on the canvas; 48 px faces are found far more often at 4x
@@ -64,7 +67,10 @@ class CenterFaceLandmarks:
         size = images.shape[1]
         offset = (CANVAS - FACE_SIDE) // 2
         out = np.full((len(images), self.points, 2), np.nan, np.float32)
+        report_every = max(self.batch, (len(images) // 10) // self.batch * self.batch)  # about ten progress lines
         for start in range(0, len(images), self.batch):
+            if start and start % report_every == 0:
+                log.info("landmarks: %d of %d faces", start, len(images))
             canvases = [on_canvas(face) for face in images[start : start + self.batch]]
             for i, found in enumerate(self.detector.detect(canvases)):
                 if len(found):
