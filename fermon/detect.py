@@ -210,13 +210,8 @@ class CenterFaceDetector:
             ],
             axis=1,
         )
-        import torch
-        import torchvision
-
         scores = heat[rows, cols]
-        keep = torchvision.ops.nms(
-            torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), self.nms_iou
-        ).numpy()
+        keep = _nms(boxes, scores, self.nms_iou)
         return Detections(
             (boxes[keep] / np.tile(factors, 2)).astype(np.float32),
             scores[keep].astype(np.float32),
@@ -238,11 +233,16 @@ def _to_image(found: Detections, matrix: np.ndarray) -> Detections:
     return Detections(boxes.astype(np.float32), found.scores, ((found.landmarks - shift) / k).astype(np.float32))
 
 
-def _merge(parts: list[Detections], shape: tuple[int, ...], iou: float) -> Detections:
-    """Detections from overlapping regions as one set: clipped to the image, duplicates removed, best first."""
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes torchvision's NMS keeps, best score first."""
     import torch
     import torchvision
 
+    return torchvision.ops.nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), iou).numpy()
+
+
+def _merge(parts: list[Detections], shape: tuple[int, ...], iou: float) -> Detections:
+    """Detections from overlapping regions as one set: clipped to the image, duplicates removed, best first."""
     parts = [part for part in parts if len(part)]
     if not parts:
         return Detections.empty()
@@ -250,7 +250,7 @@ def _merge(parts: list[Detections], shape: tuple[int, ...], iou: float) -> Detec
     boxes = np.clip(boxes, 0, [shape[1], shape[0], shape[1], shape[0]]).astype(np.float32)
     scores = np.concatenate([part.scores for part in parts])
     landmarks = np.concatenate([part.landmarks for part in parts])
-    keep = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    keep = _nms(boxes, scores, iou)
     return Detections(boxes[keep], scores[keep], landmarks[keep])
 
 

@@ -7,6 +7,7 @@ per segment and frames are fetched in small batches; a batch that fails is skipp
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import queue
 import re
@@ -252,11 +253,18 @@ def release_freed_memory() -> None:
 
     Frames are allocated by the decoding thread and freed by others, which leaves glibc's per-thread
     arenas holding freed pages: over an hour the resident size wanders upwards without a leak."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, loaded once; None where there is no glibc."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
+        return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def sample_indices(starts: np.ndarray, fps: float) -> np.ndarray:

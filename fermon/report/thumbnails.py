@@ -80,7 +80,7 @@ def session_thumbnails(
 ) -> tuple[list[Thumbnail], list[str]]:
     """Thumbnails in model class order, and the session's videos that could not be found or read."""
     picks = _most_confident(samples, class_names)
-    thumbnails, missing = [], []
+    missing: list[str] = []
     by_video: dict[str, list[tuple[str, pd.Series]]] = {}
     for name, sample in picks.items():
         by_video.setdefault(str(sample["video"]), []).append((name, sample))
