@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -220,6 +221,15 @@ def test_dask_workers_match_in_process(first_run, clips: Path, options: ProcessO
     pd.testing.assert_frame_equal(local, dask, check_exact=False, atol=1e-5)
 
 
+def _sessions_done(out: Path) -> int:
+    """Sessions the ledger records as done, read from outside the running process (0 before it exists)."""
+    try:
+        with sqlite3.connect(f"file:{out / LEDGER_NAME}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM sessions WHERE status = 'done'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 @pytest.mark.slow
 def test_killed_run_leaves_no_partial_timeline_and_rerun_finishes(
     first_run, clips: Path, options: ProcessOptions, tmp_path: Path
@@ -234,7 +244,10 @@ def test_killed_run_leaves_no_partial_timeline_and_rerun_finishes(
     command += ["--checkpoint", options.checkpoint, "--device", "cpu", "--workers", "0", "--quiet"]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list((out / "timelines").glob("*.parquet")) and time.monotonic() < deadline and child.poll() is None:
+    # Kill once the ledger records a finished session, not when a timeline appears: a timeline is
+    # renamed into place just before its ledger row is written, and a kill between the two (a rerun
+    # then redoes that session, correctly) would make the counts below depend on timing.
+    while not _sessions_done(out) and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
