@@ -8,17 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fermon.detect import ScrfdDetector, create_detector
+from fermon.detect import ScrfdDetector
+from fermon.errors import ModelError
 from fermon.process import ProcessOptions, run_process
-from tests.scrfd_model import expected_face, write_tiny_scrfd
-
-
-@pytest.fixture(scope="module")
-def model_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder laid out like an insightface model pack, holding only the detector."""
-    pack = tmp_path_factory.mktemp("buffalo_tiny")
-    write_tiny_scrfd(pack / "det_tiny.onnx")
-    return pack
+from tests.scrfd_model import expected_face
 
 
 def test_insightface_routes_the_tiny_model_to_scrfd_and_fermon_decodes_it(model_pack: Path) -> None:
@@ -33,8 +26,13 @@ def test_insightface_routes_the_tiny_model_to_scrfd_and_fermon_decodes_it(model_
     assert len(detector.weights_sha256) == 64
 
 
-def test_auto_picks_scrfd_when_a_model_pack_is_present(model_pack: Path) -> None:
-    assert create_detector("auto", model_pack).name == "scrfd"
+def test_scrfd_weights_come_from_a_model_pack(model_pack: Path, tmp_path: Path) -> None:
+    assert ScrfdDetector.find_weights(model_pack) == model_pack / "det_tiny.onnx"
+    assert ScrfdDetector.find_weights(model_pack / "det_tiny.onnx") == model_pack / "det_tiny.onnx"
+    assert ScrfdDetector.find_weights(tmp_path) is None
+    assert not ScrfdDetector.supports_regions
+    with pytest.raises(ModelError, match="no SCRFD detector"):
+        ScrfdDetector(tmp_path)
 
 
 def test_process_with_scrfd_records_the_detector_and_its_faces(
