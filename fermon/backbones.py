@@ -1,7 +1,7 @@
 """Backbones of fermon's own, registered in timm's model registry.
 
-``timm.create_model("fermon_vgg", ...)`` then works like any timm name, so the model builder never
-branches on where a backbone comes from.
+``timm.create_model("fermon_vgg", ...)`` (and ``"dlib_resnet"``, from :mod:`fermon.dlib_resnet`) then
+works like any timm name, so the model builder never branches on where a backbone comes from.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from timm.models import register_model
 from torch import nn
+
+import fermon.dlib_resnet  # noqa: F401  (registers dlib_resnet, dlib's face-recognition ResNet, with timm)
 
 
 def _conv_bn_relu(in_chans: int, out_chans: int) -> nn.Sequential:
