@@ -30,9 +30,11 @@ from pathlib import Path
 
 import fermon
 from fermon.classify import cpu_has_amx
+from fermon.config import ProcessOptions, resolve_models
 from fermon.detect import available_cores, detect_in_parallel, detect_tracked, detector_scale
-from fermon.process import ProcessOptions, cached_models, process_session, resolve_models, run_process
+from fermon.process import run_process
 from fermon.video import Session, find_inputs, iter_batches, probe, read_ahead, sample_indices
+from fermon.worker import cached_models, process_session
 
 
 @dataclass

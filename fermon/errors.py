@@ -43,3 +43,14 @@ class BusyError(OutputError):
     """Another fermon run holds the output folder's lock."""
 
     exit_code = 75  # EX_TEMPFAIL
+
+
+class RunInterruptedError(FermonError):
+    """The run was stopped (Ctrl-C, SIGTERM); what finished is recorded, the rest is left for the next run."""
+
+    exit_code = 130  # the shell's 128 + SIGINT; the CLI gives 143 for SIGTERM
+
+    def __init__(self, done: int, left: int) -> None:
+        super().__init__(f"interrupted: {done} sessions done, {left} left for the next run")
+        self.done = done
+        self.left = left

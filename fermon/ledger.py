@@ -36,9 +36,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     started_at REAL,
     finished_at REAL,
     seconds REAL,
-    details TEXT                     -- JSON: decode gaps, per-video facts
+    details TEXT,                    -- JSON: decode gaps, per-video facts, a folder session's bad files
+    failure_kind TEXT                -- input (the file itself: not retried while unchanged) or run
 )
 """
+# Columns added after the first release, added to older ledgers when they are opened.
+_ADDED_COLUMNS = {"failure_kind": "TEXT"}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -67,6 +70,7 @@ class LedgerEntry:
     status: str
     error: str | None
     output: str | None
+    failure_kind: str | None = None
 
 
 class Ledger:
@@ -78,13 +82,20 @@ class Ledger:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(_SCHEMA)
+            self._add_missing_columns()
             self.db.commit()
         except sqlite3.Error as error:
             raise OutputError(f"{LEDGER_NAME}: cannot open the run ledger ({error})") from error
 
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(sessions)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self.db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+
     def get(self, session_id: str) -> LedgerEntry | None:
         row = self.db.execute(
-            "SELECT session_id, input_fingerprint, config_fingerprint, status, error, output"
+            "SELECT session_id, input_fingerprint, config_fingerprint, status, error, output, failure_kind"
             " FROM sessions WHERE session_id=?",
             (session_id,),
         ).fetchone()
@@ -118,11 +129,12 @@ class Ledger:
         rows: int | None = None,
         seconds: float | None = None,
         details: dict[str, Any] | None = None,
+        failure_kind: str | None = None,
     ) -> None:
         self.db.execute(
-            "UPDATE sessions SET status=?, error=?, output=?, rows=?, finished_at=?, seconds=?, details=?"
-            " WHERE session_id=?",
-            (status, error, output, rows, time.time(), seconds, json.dumps(details or {}), session_id),
+            "UPDATE sessions SET status=?, error=?, output=?, rows=?, finished_at=?, seconds=?, details=?,"
+            " failure_kind=? WHERE session_id=?",
+            (status, error, output, rows, time.time(), seconds, json.dumps(details or {}), failure_kind, session_id),
         )
         self.db.commit()
 

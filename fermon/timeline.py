@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,72 @@ def timeline_schema(class_names: list[str], metadata: dict[str, Any] | None = No
     ]
     extra = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata is not None else None
     return pa.schema(fields, metadata=extra)
+
+
+@dataclass
+class SampledFaces:
+    """What a worker gathered over one session, in sample order: per sample its video (an index into
+    the session's videos), frame and time; per sample the boxes and scores of its faces; and the class
+    probabilities of every face, all samples' faces concatenated."""
+
+    video_numbers: Sequence[int]
+    frame_indices: Sequence[int]
+    timestamps_s: Sequence[float]
+    boxes: Sequence[np.ndarray]  # per sample, (faces, 4) float32
+    scores: Sequence[np.ndarray]  # per sample, (faces,) float32
+    probs: np.ndarray  # (all faces, classes) float32
+
+    def all_boxes(self) -> np.ndarray:
+        return np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4), np.float32)
+
+
+def face_columns(
+    session_id: str,
+    video_names: Sequence[str],
+    faces: SampledFaces,
+    track_ids: np.ndarray,
+    is_target: np.ndarray,
+    class_names: Sequence[str],
+) -> dict[str, np.ndarray | list]:
+    """The timeline's columns: one row per face, or one empty row for a sample without faces.
+
+    ``track_ids`` and ``is_target`` hold one value per face, in the order of ``faces``."""
+    per_sample = np.array([max(1, len(b)) for b in faces.boxes], np.int64)
+    total = int(per_sample.sum())
+    starts = np.cumsum(per_sample) - per_sample
+    face_rows = np.concatenate(
+        [np.arange(len(b), dtype=np.int64) + start for b, start in zip(faces.boxes, starts, strict=True)]
+        or [np.zeros(0, np.int64)]
+    )
+    face = np.zeros(total, bool)
+    face[face_rows] = True
+    nan = np.full(total, np.nan, np.float32)
+    columns: dict[str, np.ndarray | list] = {
+        "session_id": [session_id] * total,
+        "video": np.repeat([video_names[v] for v in faces.video_numbers], per_sample).tolist(),
+        "frame_index": np.repeat(np.asarray(faces.frame_indices, np.int64), per_sample),
+        "timestamp_s": np.repeat(np.asarray(faces.timestamps_s, np.float64), per_sample),
+        "face_detected": face,
+        "track_id": np.zeros(total, np.int32),
+        "is_target": np.zeros(total, bool),
+        "det_score": nan.copy(),
+        "label_index": np.full(total, -1, np.int32),
+        "confidence": nan.copy(),
+    }
+    for name in (*BBOX_COLUMNS, *(f"prob_{c}" for c in class_names)):
+        columns[name] = nan.copy()
+    columns["track_id"][face_rows] = track_ids
+    columns["is_target"][face_rows] = is_target
+    columns["det_score"][face_rows] = np.concatenate(faces.scores) if faces.scores else []
+    boxes = faces.all_boxes()
+    for k, name in enumerate(BBOX_COLUMNS):
+        columns[name][face_rows] = boxes[:, k]
+    if len(faces.probs):
+        columns["label_index"][face_rows] = faces.probs.argmax(axis=1)
+        columns["confidence"][face_rows] = faces.probs.max(axis=1)
+        for k, name in enumerate(class_names):
+            columns[f"prob_{name}"][face_rows] = faces.probs[:, k]
+    return columns
 
 
 def build_table(columns: dict[str, np.ndarray | list], class_names: list[str], metadata: dict[str, Any]) -> pa.Table:

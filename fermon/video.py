@@ -11,8 +11,10 @@ import functools
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
@@ -207,6 +209,39 @@ def _first_line(error: BaseException, video: VideoFile) -> str:
     return line.replace(str(video.path.resolve()), video.relative)[:200]
 
 
+_STDERR_LOCK = threading.Lock()
+_stderr_silencers = 0
+_saved_stderr: int | None = None
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while a C++ library runs.
+
+    decord's C++ layer writes ``ERROR opening: <absolute path>`` straight to fd 2 when a file does
+    not open, past Python and its own log level; fermon says the same in its own one-line message.
+    Kept to the moment of opening (counted, for threads), so Python's own errors still show.
+    """
+    global _stderr_silencers, _saved_stderr
+    with _STDERR_LOCK:
+        if _stderr_silencers == 0:
+            sys.stderr.flush()
+            _saved_stderr = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        _stderr_silencers += 1
+    try:
+        yield
+    finally:
+        with _STDERR_LOCK:
+            _stderr_silencers -= 1
+            if _stderr_silencers == 0 and _saved_stderr is not None:
+                os.dup2(_saved_stderr, 2)
+                os.close(_saved_stderr)
+                _saved_stderr = None
+
+
 def open_reader(video: VideoFile):
     """A decord VideoReader, or DataError naming the file with a one-line reason."""
     import decord
@@ -217,7 +252,8 @@ def open_reader(video: VideoFile):
     if video.path.stat().st_size == 0:
         raise DataError(f"{video.relative}: empty file")
     try:
-        reader = decord.VideoReader(str(video.path), ctx=decord.cpu(0), num_threads=1)
+        with native_stderr_silenced():
+            reader = decord.VideoReader(str(video.path), ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as error:
         raise DataError(f"{video.relative}: not a readable video ({_first_line(error, video)})") from error
     if len(reader) == 0:
@@ -239,6 +275,18 @@ def probe(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
     duration = float(stamps[-1, 1]) if count else 0.0
     info = VideoInfo(fps, count, duration, codec_of(video.path), width, height, video.path.stat().st_size)
     return info, starts
+
+
+def quick_duration(video: VideoFile) -> float | None:
+    """A video's length in seconds from its frame count and mean rate, without reading timestamps:
+    enough to size a progress bar. None when the file does not open."""
+    try:
+        reader = open_reader(video)
+        seconds = len(reader) / max(float(reader.get_avg_fps()), 1e-6)
+    except (InputError, OSError):
+        return None
+    del reader
+    return seconds
 
 
 def _frame_size(reader) -> tuple[int, int]:

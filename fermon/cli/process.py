@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import IO, Annotated, Any, Optional
@@ -12,31 +14,49 @@ import typer
 from fermon.cli._common import exit_on_error
 from fermon.detect import DEFAULT_MIN_FACE
 
+EX_OK = 0
+EX_DATAERR = 65  # sysexits: some input's data was bad
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
 
 class _Reporter:
-    """Turns run events into a rich progress display (on a terminal) and JSON lines (--log-json)."""
+    """Turns run events into a progress display (on a terminal) and JSON lines (--log-json).
+
+    The display shows sessions done of those to do and hours of video processed of their total,
+    with the time left; it writes to its own copy of the terminal's stderr, so that fermon's
+    silencing of C++ libraries' output (see fermon.video.native_stderr_silenced) never hides it.
+    """
 
     def __init__(self, quiet: bool, log: IO[str] | None) -> None:
         self.log = log
-        self.progress = None
-        if not quiet and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self.progress.start()
-            self.videos = self.progress.add_task("sessions", total=None)
-            self.frames = self.progress.add_task("frames", total=None)
         self.quiet = quiet
+        self.progress = None
+        self.processed: dict[str, float] = {}  # seconds of video processed, per session
+        if not quiet and sys.stderr.isatty():
+            self._start_display()
+
+    def _start_display(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[shown]}"),
+            TimeRemainingColumn(),
+            console=Console(file=terminal),
+        )
+        self.progress.start()
+        self.sessions = self.progress.add_task("sessions", total=None, shown="")
+        self.video = self.progress.add_task("video   ", total=None, shown="")
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if self.log is not None and event["event"] != "frames":
+        if self.log is not None:
             self.log.write(json.dumps(event, default=str) + "\n")
             self.log.flush()
         if self.progress is not None:
@@ -47,17 +67,71 @@ class _Reporter:
     def _advance(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "run_start":
-            self.progress.update(self.videos, total=event["todo"])
-        elif kind == "frames":
-            self.progress.advance(self.frames, event["count"])
+            self.progress.update(self.sessions, total=event["todo"], shown=f"0/{event['todo']}")
+            self._show_video(0.0, event["video_s"])
+        elif kind == "progress":
+            self.processed[event["session_id"]] = event["processed_s"]
+            done = sum(self.processed.values())
+            # A client that could not read a video's length learns it from the worker.
+            self._show_video(done, max(self.progress.tasks[self.video].total or 0.0, done))
         elif kind in ("session_done", "session_failed"):
-            self.progress.advance(self.videos)
+            self.progress.advance(self.sessions)
+            task = self.progress.tasks[self.sessions]
+            self.progress.update(self.sessions, shown=f"{int(task.completed)}/{int(task.total or 0)}")
             if kind == "session_failed":
                 self.progress.console.print(f"failed: {event['error']}", markup=False)
+            for video in event.get("failed_videos") or []:
+                self.progress.console.print(f"failed: {video['reason']}", markup=False)
+
+    def _show_video(self, done: float, total: float) -> None:
+        shown = f"{_clock(done)}/{_clock(total)}"
+        self.progress.update(self.video, completed=done, total=max(total, 1e-9), shown=shown)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress.console.file.close()
+            self.progress = None
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM ask the run to stop: sessions stop at their next batch, what finished is
+    recorded, and the run ends with one line. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        from fermon.worker import STOP
+
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = number
+        STOP.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+
+def _open_log(path: Path | None) -> IO[str] | None:
+    from fermon.errors import OutputError
+
+    if path is None:
+        return None
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write the event log ({error.strerror})") from error
 
 
 def process(
@@ -92,11 +166,23 @@ def process(
     ] = None,
     session_by: Annotated[str, typer.Option(help="file, or folder (its videos are one session).")] = "file",
     workers: Annotated[
-        Optional[int], typer.Option(help="Local Dask workers (default: sized to the machine); 0 = no Dask.")
+        Optional[int],
+        typer.Option(
+            help="Sessions at once, on threads of this process that share its cores and models (default: one "
+            "at a time on every core; 0 is the same)."
+        ),
     ] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
     scheduler_file: Annotated[Optional[Path], typer.Option(help="Scheduler file of an existing Dask cluster.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Reprocess even up-to-date sessions.")] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Retry inputs that failed because of the file itself (unreadable, empty, corrupt) although "
+            "unchanged; by default they are listed and not retried until they change.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display or messages.")] = False,
     log_json: Annotated[Optional[Path], typer.Option(help="Write one JSON object per event to this file.")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip DIR/reports/ and DIR/summary.parquet.")] = False,
@@ -109,15 +195,16 @@ def process(
 ) -> None:
     """Detect, track and classify faces in videos into DIR/timelines/<session>.parquet.
 
-    Reruns skip sessions whose videos, model and options are unchanged (the ledger in DIR).
+    Reruns skip sessions whose videos, model and options are unchanged (the ledger in DIR), and
+    inputs that failed because of the file itself and have not changed (--retry-failed retries them).
     Then writes DIR/reports/ and DIR/summary.parquet (as 'fermon report DIR' does) unless --no-report.
-    Exit status: 0 all sessions succeeded; 65 one or more videos failed (each named with a reason);
-    64 bad usage; 66 missing input; 75 another run holds DIR; 78 model problem.
+    Exit status: 0 nothing new failed; 65 one or more videos failed (each named with a reason);
+    64 bad usage; 66 missing input; 73 cannot write DIR; 75 another run holds DIR; 78 model problem;
+    130 interrupted (143 on SIGTERM).
     """
+    from fermon.errors import RunInterruptedError
     from fermon.process import ProcessOptions, run_process
 
-    log = None
-    reporter = None
     with exit_on_error():
         options = ProcessOptions(
             fps=fps,
@@ -133,27 +220,35 @@ def process(
             batch_size=batch_size,
             session_by=session_by,
         )
+        options.validate()
+        log = _open_log(log_json)
+        reporter = _Reporter(quiet, log)
+        stop = _StopOnSignal()
         try:
-            log = open(log_json, "a", encoding="utf-8") if log_json else None  # noqa: SIM115
-            reporter = _Reporter(quiet, log)
-            summary = run_process(
-                inputs,
-                out,
-                options,
-                workers=workers,
-                scheduler=scheduler,
-                scheduler_file=str(scheduler_file) if scheduler_file else None,
-                force=force,
-                on_event=reporter,
-            )
+            with stop:
+                summary = run_process(
+                    inputs,
+                    out,
+                    options,
+                    workers=workers,
+                    scheduler=scheduler,
+                    scheduler_file=str(scheduler_file) if scheduler_file else None,
+                    force=force,
+                    retry_failed=retry_failed,
+                    on_event=reporter,
+                )
+        except RunInterruptedError as error:
+            reporter.close()  # before the message, so the display does not draw over it
+            typer.echo(f"fermon: {error}", err=True)
+            raise typer.Exit(stop.exit_code()) from None
         finally:
-            if reporter is not None:
-                reporter.close()
+            reporter.close()
             if log is not None:
                 log.close()
     if not quiet:
+        known = f", {len(summary.known_bad)} known bad (not retried)" if summary.known_bad else ""
         typer.echo(
-            f"{len(summary.done)} done, {len(summary.up_to_date)} up to date, {len(summary.failed)} failed, "
+            f"{len(summary.done)} done, {len(summary.up_to_date)} up to date, {len(summary.failed)} failed{known}, "
             f"{len(summary.not_videos)} other file(s) skipped",
             err=True,
         )
@@ -162,4 +257,4 @@ def process(
 
         with exit_on_error():
             run_reports(out, quiet=quiet, thumbnails_from=inputs if include_thumbnails else None)
-    raise typer.Exit(summary.exit_code)
+    raise typer.Exit(EX_DATAERR if summary.failed or summary.failed_videos else EX_OK)

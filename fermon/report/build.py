@@ -86,7 +86,8 @@ def write_summary(path: Path, rows: list[dict[str, Any]], class_names: list[str]
 
 
 def read_failures(out_dir: Path) -> list[dict[str, Any]]:
-    """Sessions whose latest attempt failed (or never finished), read-only from the ledger."""
+    """Inputs whose latest attempt failed (or never finished), read-only from the ledger: failed
+    sessions, and the bad files of sessions that were done without them (a folder's corrupt chunk)."""
     path = out_dir / LEDGER_NAME
     if not path.is_file():
         return []
@@ -94,23 +95,36 @@ def read_failures(out_dir: Path) -> list[dict[str, Any]]:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             rows = db.execute(
-                "SELECT session_id, videos, status, error, finished_at, started_at FROM sessions"
-                " WHERE status != 'done' ORDER BY session_id"
+                "SELECT session_id, videos, status, error, finished_at, started_at, details FROM sessions"
+                " ORDER BY session_id"
             ).fetchall()
         finally:
             db.close()
     except sqlite3.Error as error:
         raise OutputError(f"{LEDGER_NAME}: cannot read the run ledger ({error})") from error
     failures = []
-    for session_id, videos, status, error, finished, started in rows:
+    for session_id, videos, status, error, finished, started, details in rows:
         when = finished or started
+        stamp = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M") if when else ""
+        if status == "done":
+            for video in json.loads(details or "{}").get("failed_videos", []):
+                failures.append(
+                    {
+                        "session_id": session_id,
+                        "videos": [video["video"]],
+                        "status": "video failed",
+                        "error": video["reason"],
+                        "when": stamp,
+                    }
+                )
+            continue
         failures.append(
             {
                 "session_id": session_id,
                 "videos": json.loads(videos or "[]"),
                 "status": "interrupted" if status == "running" else status,
                 "error": error if status != "running" else "the run stopped before this session finished",
-                "when": datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M") if when else "",
+                "when": stamp,
             }
         )
     return failures

@@ -4,6 +4,7 @@ real Parquet and SQLite. Nothing under test is mocked."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from fermon import __version__
 from fermon.cli import app
 from fermon.errors import BusyError
 from fermon.ledger import LEDGER_NAME, FolderLock, Ledger
@@ -54,7 +56,7 @@ def frame(out: Path) -> pd.DataFrame:
 
 def test_failed_files_are_recorded_and_the_rest_go_on(first_run) -> None:
     out, summary, events = first_run
-    assert summary.exit_code == 65
+    assert len(summary.failed) == 2 and not summary.known_bad
     assert sorted(r.session_id for r in summary.done) == ["blank", "face", "leaves", "two"]
     reasons = {r.session_id: r.error for r in summary.failed}
     assert reasons["bad__corrupt"].startswith("bad/corrupt.mp4: not a readable video")
@@ -141,13 +143,30 @@ def test_two_faces_tracked_and_largest_is_target(first_run) -> None:
     assert (target["bbox_x1"] < 100).all()  # the large face on the left
 
 
-def test_rerun_skips_done_and_retries_failed(first_run, clips: Path, options: ProcessOptions) -> None:
+def test_rerun_skips_done_and_known_bad_files(first_run, clips: Path, options: ProcessOptions) -> None:
     out, _, _ = first_run
     before = {p.name: p.stat().st_mtime_ns for p in (out / "timelines").iterdir()}
     summary = run_process([clips], out, options, workers=0)
     assert sorted(summary.up_to_date) == ["blank", "face", "leaves", "two"]
-    assert not summary.done and len(summary.failed) == 2
+    # The corrupt and the empty file are unchanged: known bad, not retried, not a new failure.
+    assert not summary.done and not summary.failed
+    assert summary.known_bad == ["bad__corrupt", "bad__empty"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "timelines").iterdir()} == before
+    retried = run_process([clips], out, options, workers=0, retry_failed=True)
+    assert sorted(r.session_id for r in retried.failed) == ["bad__corrupt", "bad__empty"]
+    ledger = {row["session_id"]: row for row in Ledger(out).all()}
+    assert ledger["bad__corrupt"]["failure_kind"] == "input" and ledger["bad__corrupt"]["status"] == "failed"
+
+
+def test_a_changed_bad_file_is_retried(clips: Path, options: ProcessOptions, tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(clips / "bad" / "corrupt.mp4", source / "cam.mp4")
+    out = tmp_path / "out"
+    assert [r.session_id for r in run_process([source], out, options, workers=0).failed] == ["cam"]
+    assert run_process([source], out, options, workers=0).known_bad == ["cam"]
+    shutil.copy(clips / "face.mp4", source / "cam.mp4")  # the hospital re-exported it
+    assert [r.session_id for r in run_process([source], out, options, workers=0).done] == ["cam"]
 
 
 def test_changed_option_video_or_force_reprocess(clips: Path, options: ProcessOptions, tmp_path: Path) -> None:
@@ -209,16 +228,59 @@ def test_cli_exit_codes_and_json_log(clips: Path, untrained_checkpoint: Path, tm
     assert (tmp_path / "a" / LEDGER_NAME).is_file()
 
 
+@pytest.fixture(scope="module")
+def dask_scheduler() -> str:
+    """An existing Dask cluster on loopback: a scheduler and one worker process, as a site runs them."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def _same_rows(a: Path, b: Path) -> None:
+    key = ["session_id", "frame_index", "track_id"]
+    left = frame(a).sort_values(key).reset_index(drop=True)
+    right = frame(b).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(left, right, check_exact=False, atol=1e-5)
+
+
 @pytest.mark.slow
-def test_dask_workers_match_in_process(first_run, clips: Path, options: ProcessOptions, tmp_path: Path) -> None:
+def test_an_existing_dask_cluster_matches_in_process_and_sends_progress(
+    first_run, clips: Path, options: ProcessOptions, tmp_path: Path, dask_scheduler: str
+) -> None:
     out, _, _ = first_run
-    summary = run_process([clips], tmp_path, options, workers=2)
+    events: list[dict] = []
+    summary = run_process([clips], tmp_path, options, scheduler=dask_scheduler, on_event=events.append)
     assert sorted(r.session_id for r in summary.done) == ["blank", "face", "leaves", "two"]
     assert len(summary.failed) == 2
-    key = ["session_id", "frame_index", "track_id"]
-    local = frame(out).sort_values(key).reset_index(drop=True)
-    dask = frame(tmp_path).sort_values(key).reset_index(drop=True)
-    pd.testing.assert_frame_equal(local, dask, check_exact=False, atol=1e-5)
+    _same_rows(out, tmp_path)
+    # Progress came from the worker process through Dask's events, up to each session's end.
+    last = {e["session_id"]: e for e in events if e["event"] == "progress"}
+    assert set(last) >= {"blank", "face", "leaves", "two"}
+    assert all(e["processed_s"] == pytest.approx(e["duration_s"]) for e in last.values())
+
+
+@pytest.mark.slow
+def test_sessions_on_threads_match_one_at_a_time(
+    first_run, clips: Path, options: ProcessOptions, tmp_path: Path
+) -> None:
+    summary = run_process([clips], tmp_path, options, workers=2)
+    assert sorted(r.session_id for r in summary.done) == ["blank", "face", "leaves", "two"]
+    _same_rows(first_run[0], tmp_path)
+
+
+def test_progress_events_cover_each_session_in_steps_of_at_most_a_tenth(first_run) -> None:
+    _, _, events = first_run
+    progress = [e for e in events if e["event"] == "progress" and e["session_id"] == "leaves"]
+    seen = [0.0] + [e["processed_s"] for e in progress]
+    duration = progress[-1]["duration_s"]
+    assert duration == pytest.approx(3.0, abs=0.11) and seen[-1] == pytest.approx(duration)
+    assert max(np.diff(seen)) <= 0.1 * duration
+    assert [e["event"] for e in events].index("run_start") < [e["event"] for e in events].index("progress")
+    run_start = next(e for e in events if e["event"] == "run_start")
+    assert run_start["video_s"] == pytest.approx(2 + 3 + 3 + 2, abs=0.5)  # the good clips; the bad add 0
 
 
 def _sessions_done(out: Path) -> int:
@@ -271,7 +333,7 @@ def test_folder_session_has_one_continuous_time_axis(clips: Path, options: Proce
     folder_options = ProcessOptions(**{**options.__dict__, "session_by": "folder"})
     summary = run_process([clips], tmp_path, folder_options, workers=0)
     assert [r.session_id for r in summary.done] == ["clinic"]
-    assert [r.session_id for r in summary.failed] == ["bad"]  # its corrupt chunk fails that session only
+    assert [r.session_id for r in summary.failed] == ["bad"]  # every video in it is bad: that session fails
     df = frame(tmp_path).drop_duplicates(["video", "frame_index"])
     assert df["video"].unique().tolist() == ["blank.mp4", "face.mp4", "leaves.mp4", "two.mp4"]
     assert np.all(np.diff(df["timestamp_s"].to_numpy()) > 0)
@@ -280,16 +342,12 @@ def test_folder_session_has_one_continuous_time_axis(clips: Path, options: Proce
     assert offsets == pytest.approx([0.0, 2.0, 5.0, 8.0], abs=0.15)
 
 
-def test_gpu_work_asks_dask_for_a_gpu_only_where_one_is_declared() -> None:
+def test_gpu_work_asks_dask_for_a_gpu_only_when_named() -> None:
     from fermon.process import gpu_resources
 
-    # fermon's own LocalCluster on a CUDA machine declares GPU=1 per worker: auto asks for it.
-    assert gpu_resources("auto", local_cluster=True, cuda_available=True) == {"GPU": 1}
     # An existing cluster: only an explicit --device cuda asks (its workers must declare GPUs).
-    assert gpu_resources("auto", local_cluster=False, cuda_available=True) is None
-    assert gpu_resources("cuda", local_cluster=False, cuda_available=False) == {"GPU": 1}
-    assert gpu_resources("cpu", local_cluster=True, cuda_available=True) is None
-    assert gpu_resources("auto", local_cluster=True, cuda_available=False) is None
+    assert gpu_resources("cuda") == {"GPU": 1}
+    assert gpu_resources("auto") is None and gpu_resources("cpu") is None
 
 
 def test_numbers_written_as_int_or_float_are_one_setting() -> None:
@@ -299,3 +357,146 @@ def test_numbers_written_as_int_or_float_are_one_setting() -> None:
         == ProcessOptions(fps=5.0, min_face=64.0, threshold=1.0).relevant()
     )
     assert ProcessOptions(min_face=64).relevant() != ProcessOptions(min_face=96).relevant()
+
+
+def test_a_folder_session_survives_a_bad_chunk(clips: Path, options: ProcessOptions, tmp_path: Path) -> None:
+    ward = tmp_path / "in" / "bed3"
+    ward.mkdir(parents=True)
+    shutil.copy(clips / "face.mp4", ward / "a.mp4")
+    shutil.copy(clips / "bad" / "corrupt.mp4", ward / "b.mp4")
+    shutil.copy(clips / "leaves.mp4", ward / "c.mp4")
+    out = tmp_path / "out"
+    folder_options = ProcessOptions(**{**options.__dict__, "session_by": "folder"})
+    summary = run_process([tmp_path / "in"], out, folder_options, workers=0)
+    assert [r.session_id for r in summary.done] == ["bed3"] and not summary.failed
+    (bad,) = summary.failed_videos
+    assert bad["video"] == "bed3/b.mp4" and bad["reason"].startswith("bed3/b.mp4: not a readable video")
+    df = frame(out)
+    assert set(df["video"]) == {"bed3/a.mp4", "bed3/c.mp4"} and len(df) == 30
+    footer = read_metadata(out / "timelines" / "bed3.parquet")
+    assert footer["failed_videos"] == [bad]
+    assert [v["video"] for v in footer["videos"]] == ["bed3/a.mp4", "bed3/c.mp4"]
+    (row,) = Ledger(out).all()
+    assert row["status"] == "done" and json.loads(row["details"])["failed_videos"] == [bad]
+    from fermon.report.build import read_failures
+
+    (listed,) = read_failures(out)
+    assert listed["videos"] == ["bed3/b.mp4"] and listed["status"] == "video failed"
+    # The next night nothing changed: up to date, and not a new failure.
+    again = run_process([tmp_path / "in"], out, folder_options, workers=0)
+    assert again.up_to_date == ["bed3"] and not again.failed_videos
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """fermon as a user runs it, in its own process: real exit codes and everything on fd 1 and 2."""
+    command = [sys.executable, "-c", "from fermon.cli import main; main()", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_no_traceback(result: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],  # no input and no --out
+        ["process"],
+        ["process", "x.mp4"],  # no --out
+        ["process", "x.mp4", "--out", "o", "--fps", "abc"],
+        ["process", "x.mp4", "--out", "o", "--no-such-option"],
+        ["process", "x.mp4", "--out", "o", "--threshold", "2"],
+        ["process", "x.mp4", "--out", "o", "--threshold", "0"],
+        ["process", "x.mp4", "--out", "o", "--fps", "nan"],
+        ["process", "x.mp4", "--out", "o", "--threads", "0"],
+        ["process", "x.mp4", "--out", "o", "--batch-size", "0"],
+        ["process", "x.mp4", "--out", "o", "--target", "nobody"],
+        ["process", "x.mp4", "--out", "o", "--workers", "-1"],
+    ],
+)
+def test_usage_errors_exit_64_with_one_line(args: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 64, result.output
+    if args:
+        assert result.output.startswith("fermon: error: ") and len(result.output.strip().splitlines()) == 1
+
+
+def test_out_on_a_file_is_73_and_version_prints(clips: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "not-a-folder"
+    existing.write_text("")
+    result = _cli("process", str(clips / "face.mp4"), "--out", str(existing))
+    assert result.returncode == 73 and "not-a-folder: exists and is not a folder" in result.stderr
+    _one_line_no_traceback(result)
+    assert _cli("--version").stdout.strip() == f"fermon {__version__}"
+    assert _cli("process", "--fps", "abc", "x", "--out", "o").returncode == 64
+
+
+@pytest.mark.slow
+def test_known_bad_file_second_night_exits_0_and_quiet_is_quiet(
+    clips: Path, options: ProcessOptions, tmp_path: Path
+) -> None:
+    common = ["--out", str(tmp_path / "out"), "--checkpoint", options.checkpoint, "--device", "cpu", "--no-report"]
+    first = _cli("process", str(clips), *common, "--quiet")
+    assert first.returncode == 65
+    # Quiet means quiet: nothing from decord's C++ layer, no absolute path, only fermon's own lines.
+    assert first.stdout == "" and "ERROR opening" not in first.stderr and str(tmp_path) not in first.stderr
+    assert str(clips) not in first.stderr and first.stderr == ""
+    second = _cli("process", str(clips), *common)
+    assert second.returncode == 0, second.stderr
+    assert "2 known bad (not retried)" in second.stderr and "ERROR opening" not in second.stderr
+    assert _cli("process", str(clips), *common, "--retry-failed", "--quiet").returncode == 65
+
+
+def _listening_ports(pid: int) -> set[int]:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        family = [process, *process.children(recursive=True)]
+        return {c.laddr.port for p in family for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    except psutil.Error:
+        return set()
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    """A child in its own process group with SIGINT at its default, as an interactive shell starts it."""
+    command = [sys.executable, "-c", "from fermon.cli import main; main()", *args]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_exits_with_one_line_and_records_what_finished(
+    number: int, code: int, clips: Path, options: ProcessOptions, tmp_path: Path
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for copy in range(6):
+        for name in ("face", "leaves"):
+            shutil.copy(clips / f"{name}.mp4", source / f"{name}{copy}.mp4")
+    out = tmp_path / "out"
+    child = _start(["process", str(source), "--out", str(out), "--checkpoint", options.checkpoint, "--device", "cpu"])
+    deadline = time.monotonic() + 120
+    ports: set[int] = set()
+    while not _sessions_done(out) and time.monotonic() < deadline and child.poll() is None:
+        ports |= _listening_ports(child.pid)
+        time.sleep(0.05)
+    os.killpg(child.pid, number)  # the terminal sends Ctrl-C to the whole process group
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == code, stderr
+    assert not ports, f"a default run listened on {ports}"
+    assert "Traceback" not in stderr
+    (line,) = [text for text in stderr.splitlines() if "interrupted" in text]
+    done = _sessions_done(out)
+    assert line.endswith(f"interrupted: {done} sessions done, {12 - done} left for the next run")
+    assert 0 < done < 12 and len(list((out / "timelines").glob("*.parquet"))) == done
+    rerun = run_process([source], out, options, workers=0)
+    assert len(rerun.up_to_date) == done and len(rerun.done) == 12 - done

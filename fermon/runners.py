@@ -1,0 +1,235 @@
+"""Where sessions run: in this process (one at a time, or several on threads), or on an existing
+Dask cluster.
+
+Every runner takes the sessions to do and two callbacks: ``on_result`` (a finished session, called
+in the client's main thread, where the ledger is written) and ``on_progress`` (seconds of video
+processed). Dask workers send progress to the client through Dask's event topics: nothing is
+written to disk. ``fermon.worker.STOP`` stops a run: sessions in this process stop at their next batch, and
+work on a remote cluster is cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fermon.config import ModelIdentity, ProcessOptions
+from fermon.video import Session
+from fermon.worker import FAILED_RUN, STOP, SessionResult, SessionStoppedError, process_session
+
+ResultSink = Callable[[SessionResult], None]
+ProgressEvent = Callable[[str, float, float], None]  # session id, seconds processed, session duration
+POLL_SECONDS = 0.25  # how often the client looks for progress and for a stop request
+
+
+@dataclass(frozen=True)
+class ClusterChoice:
+    """Where to run: an existing Dask cluster (address, scheduler file) or this process."""
+
+    workers: int | None = None  # local: sessions at once (threads); None or 1: one at a time on every core
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+
+    @property
+    def existing(self) -> bool:
+        """Whether an existing Dask cluster is named (DASK_SCHEDULER_ADDRESS counts unless --workers is)."""
+        from_environment = self.workers is None and bool(os.environ.get("DASK_SCHEDULER_ADDRESS"))
+        return bool(self.scheduler or self.scheduler_file or from_environment)
+
+
+def run_in_process(
+    todo: Sequence[Session],
+    options: ProcessOptions,
+    identity: ModelIdentity,
+    out_dir: str,
+    on_result: ResultSink,
+    on_progress: ProgressEvent,
+    concurrency: int = 1,
+) -> None:
+    """Sessions in this process: one after another on every core, or ``concurrency`` at once on
+    threads that share the cores and one loaded model set. No Dask, no port, no start-up cost."""
+    if concurrency > 1 and len(todo) > 1:
+        _run_on_threads(todo, options, identity, out_dir, on_result, on_progress, min(concurrency, len(todo)))
+        return
+    for session in todo:
+        if STOP.is_set():
+            return
+
+        def report(done: float, total: float, session_id: str = session.session_id) -> None:
+            on_progress(session_id, done, total)
+
+        try:
+            result = process_session(session, options, identity, out_dir, report)
+        except SessionStoppedError:
+            return
+        on_result(result)
+
+
+def _run_on_threads(
+    todo: Sequence[Session],
+    options: ProcessOptions,
+    identity: ModelIdentity,
+    out_dir: str,
+    on_result: ResultSink,
+    on_progress: ProgressEvent,
+    concurrency: int,
+) -> None:
+    """Several sessions at once; results and progress reach the caller in this (the main) thread."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from fermon.detect import available_cores
+
+    if not options.threads:
+        options = replace(options, threads=max(1, available_cores() // concurrency))
+    progress: queue.Queue = queue.Queue()
+
+    def task(session: Session) -> SessionResult:
+        def report(done: float, total: float) -> None:
+            progress.put({"session_id": session.session_id, "processed_s": done, "duration_s": total})
+
+        return process_session(session, options, identity, out_dir, report)
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="fermon-session") as pool:
+        futures = {pool.submit(task, session): session for session in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            _drain(progress, on_progress)
+            for future in done:
+                result = _result_of(future, futures[future])
+                if result is not None:
+                    on_result(result)
+            if STOP.is_set():
+                for future in pending:
+                    future.cancel()  # those not started; running ones stop at their next batch
+                # Record the sessions that finish while the running ones wind down.
+                for future in _finished(pending):
+                    if (result := _result_of(future, futures[future])) is not None:
+                        on_result(result)
+                return
+
+
+def _finished(futures: set) -> list:
+    from concurrent.futures import wait
+
+    done, _ = wait(futures)
+    return [future for future in done if not future.cancelled()]
+
+
+def gpu_resources(device: str) -> dict[str, float] | None:
+    """The Dask resources a session task asks for on an existing cluster: one GPU with ``--device
+    cuda``. Its GPU workers must be started with ``--resources GPU=1``: a task that asks for a
+    resource no worker has would wait forever, so ``auto`` asks for nothing."""
+    return {"GPU": 1} if device == "cuda" else None
+
+
+def _dask_client(choice: ClusterChoice) -> Any:
+    """A client for an existing cluster: a scheduler address, a scheduler file, or
+    DASK_SCHEDULER_ADDRESS. fermon starts no cluster of its own: Dask's scheduler and workers
+    serve HTTP on ports of their own, which a default run must not open."""
+    from distributed import Client
+
+    if choice.scheduler_file:
+        return Client(scheduler_file=choice.scheduler_file)
+    return Client(choice.scheduler or os.environ["DASK_SCHEDULER_ADDRESS"])
+
+
+def _session_task(
+    session: Session, options: ProcessOptions, identity: ModelIdentity, out_dir: str, topic: str
+) -> SessionResult:
+    """A session on a Dask worker, its progress sent to the client as events on ``topic``."""
+    from distributed import get_worker
+
+    worker = get_worker()
+
+    def report(done: float, total: float) -> None:
+        worker.log_event(topic, {"session_id": session.session_id, "processed_s": done, "duration_s": total})
+
+    return process_session(session, options, identity, out_dir, report)
+
+
+def run_on_dask(
+    todo: Sequence[Session],
+    options: ProcessOptions,
+    identity: ModelIdentity,
+    out_dir: str,
+    choice: ClusterChoice,
+    on_result: ResultSink,
+    on_progress: ProgressEvent,
+) -> None:
+    """Sessions as tasks on an existing Dask cluster; a session whose worker dies fails alone and
+    the rest go on. On a stop request the tasks not yet finished are cancelled."""
+    client = _dask_client(choice)
+    resources = gpu_resources(options.device)
+    progress: queue.Queue = queue.Queue()
+    topic = f"fermon-progress-{uuid.uuid4().hex}"
+    client.subscribe_topic(topic, lambda event: progress.put(event[1]))
+    try:
+        futures = {
+            # Opaque keys: task names must not carry file names to a dashboard or logs.
+            client.submit(
+                _session_task,
+                session,
+                options,
+                identity,
+                out_dir,
+                topic,
+                key=f"fermon-session-{uuid.uuid4().hex}",
+                pure=False,
+                resources=resources,
+            ): session
+            for session in todo
+        }
+        _collect(futures, progress, on_result, on_progress)
+    finally:
+        client.unsubscribe_topic(topic)
+        client.close()
+
+
+def _collect(futures: dict, progress: queue.Queue, on_result: ResultSink, on_progress: ProgressEvent) -> None:
+    """Hand on results and progress as they come, until all are in or a stop is requested."""
+    from distributed import wait
+
+    pending = set(futures)
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # nothing finished within the poll: look at progress and stop requests
+            done = set()
+        _drain(progress, on_progress)
+        for future in done:
+            result = _result_of(future, futures[future])
+            if result is not None:
+                on_result(result)
+        if STOP.is_set():
+            for future in pending:
+                future.cancel()
+            return
+    _drain(progress, on_progress)
+
+
+def _drain(progress: queue.Queue, on_progress: ProgressEvent) -> None:
+    while True:
+        try:
+            message = progress.get_nowait()
+        except queue.Empty:
+            return
+        on_progress(message["session_id"], float(message["processed_s"]), float(message["duration_s"]))
+
+
+def _result_of(future: Any, session: Session) -> SessionResult | None:
+    """A finished task's result; a worker failure as a failed session; None if it was stopped."""
+    try:
+        return future.result()
+    except SessionStoppedError:
+        return None
+    except Exception as error:  # KilledWorker, lost scheduler: this session fails, the rest go on
+        if STOP.is_set():
+            return None
+        message = (str(error).splitlines() or [""])[0][:160]
+        reason = f"{session.videos[0].relative}: worker failed ({type(error).__name__}: {message})"
+        return SessionResult(session.session_id, "failed", reason, FAILED_RUN)
