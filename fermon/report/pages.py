@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fermon import __version__
+from fermon.report.plots import SESSION_FIGURES
 
 _CSS = """
 :root { --fg: #1a1a1a; --muted: #5a5a5a; --line: #d0d0d0; --flag: #b3261e; --ok: #1e6b32; }
@@ -133,10 +134,22 @@ def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
+def figures_html(figures: Mapping[str, str], after: Mapping[str, str] | None = None) -> str:
+    """Each figure of :data:`fermon.report.plots.SESSION_FIGURES` in order, under its heading, with its
+    caption; ``after`` holds HTML to follow a figure (by key)."""
+    after = after or {}
+    sections = []
+    for entry in SESSION_FIGURES:
+        sections.append(f"<h2>{escape(entry.heading)}</h2>\n{_figure(figures[entry.key], entry.caption)}\n")
+        if entry.key in after:
+            sections.append(f"{after[entry.key]}\n")
+    return "".join(sections)
+
+
 def session_page(
     row: Mapping[str, Any],
     metadata: Mapping[str, Any],
-    figures: Mapping[str, str],
+    figures: Mapping[str, str],  # inline SVG by key: fermon.report.plots.session_figures
     gaps: Sequence[Mapping[str, Any]],
     thresholds: Mapping[str, float],
     thumbnails: Sequence[Any] | None = None,
@@ -189,16 +202,7 @@ target face counts as not covered. Shaded red bands mark segments that failed to
 <h2>Quality</h2><p>{flags_html(row)}</p><p class="muted">{escape(rules)}</p>
 <div class="wide"><table>{facts_html}</table></div>
 {thumbnails_html(thumbnails, missing_videos)}
-<h2>Expressions over time</h2>
-{_figure(figures["expressions"], "Probability of each expression: lines smoothed over about 2 s, dots raw samples.")}
-<h2>Share of time in each expression</h2>
-{_figure(figures["shares"], "Share of the samples with a target face whose most likely expression is each class.")}
-{shares}
-<h2>Face-detection coverage</h2>
-{_figure(figures["coverage"], "Share of samples with the target face (filled) and with any face (line), in time bins.")}
-<h2>Target face: detection score and confidence</h2>
-{_figure(figures["detection"], "Face detector score and expression classifier confidence of the target face.")}
-<h2>Segments that failed to decode</h2>
+{figures_html(figures, {"shares": shares})}<h2>Segments that failed to decode</h2>
 {gaps_html}
 {provenance_html(metadata)}
 """

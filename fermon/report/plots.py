@@ -2,13 +2,18 @@
 
 Text is written as paths, so pages need no fonts; dense raw samples are rasterised into the SVG as an
 embedded PNG so that hour-long sessions still give small pages.
+
+:data:`SESSION_FIGURES` lists a session page's figures in page order, each with its builder,
+heading and caption: :func:`session_figures` draws them and the page places them from the same list,
+so a new figure is one new entry.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -181,3 +186,72 @@ def detection_figure(samples: pd.DataFrame, salt: str) -> str:
         )
     _finish_unit_axes(ax, times, covered, label, "score")
     return to_svg(figure, salt)
+
+
+# --------------------------------------------------------------------------- the figures of a session page
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """What a session's figures are drawn from."""
+
+    samples: pd.DataFrame  # one row per sample, from fermon.analysis.target_samples
+    row: Mapping[str, Any]  # the session's summary row
+    class_names: Sequence[str]
+    fps: float  # sampling rate
+    gaps: Sequence[dict[str, Any]]  # decode gaps on the session's time axis
+
+
+@dataclass(frozen=True)
+class SessionFigure:
+    """One figure of a session page: how it is drawn and how the page presents it."""
+
+    key: str
+    draw: Callable[[SessionData, str], str]  # (session, salt) -> inline SVG
+    heading: str
+    caption: str
+    salt: str  # suffix of the session id that makes this figure's SVG element ids unique on its page
+
+
+SESSION_FIGURES: tuple[SessionFigure, ...] = (
+    SessionFigure(
+        "expressions",
+        lambda s, salt: expression_figure(s.samples, s.class_names, s.fps, s.gaps, salt),
+        "Expressions over time",
+        "Probability of each expression: lines smoothed over about 2 s, dots raw samples.",
+        "e",
+    ),
+    SessionFigure(
+        "shares",
+        lambda s, salt: share_figure({c: s.row[f"share_{c}"] for c in s.class_names}, s.class_names, salt),
+        "Share of time in each expression",
+        "Share of the samples with a target face whose most likely expression is each class.",
+        "s",
+    ),
+    SessionFigure(
+        "coverage",
+        lambda s, salt: coverage_figure(s.samples, s.gaps, salt),
+        "Face-detection coverage",
+        "Share of samples with the target face (filled) and with any face (line), in time bins.",
+        "c",
+    ),
+    SessionFigure(
+        "detection",
+        lambda s, salt: detection_figure(s.samples, salt),
+        "Target face: detection score and confidence",
+        "Face detector score and expression classifier confidence of the target face.",
+        "d",
+    ),
+)
+
+
+def session_figures(
+    samples: pd.DataFrame,
+    row: Mapping[str, Any],
+    class_names: Sequence[str],
+    fps: float,
+    gaps: Sequence[dict[str, Any]],
+) -> dict[str, str]:
+    """Every figure of :data:`SESSION_FIGURES` for one session, as inline SVG by key."""
+    session = SessionData(samples, row, class_names, fps, gaps)
+    return {figure.key: figure.draw(session, f"{row['session_id']}-{figure.salt}") for figure in SESSION_FIGURES}
