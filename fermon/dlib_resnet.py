@@ -40,6 +40,7 @@ __all__ = [
     "DlibLayer",
     "DlibNetwork",
     "DlibResNet",
+    "balance_for_training",
     "dlib_input",
     "dlib_weights_path",
     "load_dlib_weights",
@@ -474,6 +475,32 @@ def load_dlib_weights(model: DlibResNet, network: DlibNetwork) -> int:
             own[name].copy_(value)
             loaded += 1
     return loaded
+
+
+def _conv_affine_pairs(model: DlibResNet) -> list[tuple[nn.Conv2d, Affine]]:
+    pairs = [(model.stem_conv, model.stem_affine)]
+    for block in model.blocks:
+        pairs += [(block.conv1, block.affine1), (block.conv2, block.affine2)]
+    return pairs
+
+
+@torch.no_grad()
+def balance_for_training(model: DlibResNet, filter_norm: float = math.sqrt(2.0)) -> None:
+    """Rescale every convolution's filters to ``filter_norm`` and divide the affine after it by as much.
+
+    The network computes exactly the same function (a positive per-channel factor passes through
+    the convolution's bias and the affine scale). It matters for fine-tuning with SGD: dlib's
+    batch norms were folded into the affines after long weight decay, which left the filters 5-50
+    times smaller than a He-initialised filter (norm sqrt(2)) and the affine scales as many times
+    larger, so the gradient was 20-300 times the filters' own size. Measured on FERPlus at the
+    reference learning rate 0.002: unbalanced, the pooled features were gone (cosine 0 to the
+    start) within 6 steps and the loss diverged; balanced, the loss fell steadily.
+    """
+    for conv, affine in _conv_affine_pairs(model):
+        scale = filter_norm / conv.weight.flatten(1).norm(dim=1).clamp_min(1e-12)
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias.mul_(scale)
+        affine.weight.div_(scale)
 
 
 def dlib_input(chips: np.ndarray, means: Sequence[float] = DLIB_MEANS) -> torch.Tensor:

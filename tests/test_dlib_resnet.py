@@ -17,6 +17,7 @@ from fermon.dlib_resnet import (
     DLIB_GRAY_MEAN,
     DLIB_MEANS,
     DlibResNet,
+    balance_for_training,
     dlib_input,
     load_dlib_weights,
     read_dlib_network,
@@ -229,6 +230,20 @@ def test_grey_model_equals_rgb_model_on_a_grey_image(tmp_path: Path) -> None:
         expected = rgb.descriptor(dlib_input(np.repeat(pixels[..., None], 3, axis=3)))
         actual = grey.descriptor((torch.from_numpy(pixels).float()[:, None] - DLIB_GRAY_MEAN) / 256.0)
     assert torch.allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_balancing_for_training_keeps_the_function_and_normalises_filters(tmp_path: Path) -> None:
+    model = _random_tiny(4)
+    x = torch.randn(2, 3, 150, 150)
+    with torch.no_grad():
+        before = model.descriptor(x)
+        balance_for_training(model, filter_norm=2.0)
+        after = model.descriptor(x)
+    assert torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+    norms = torch.cat(
+        [model.stem_conv.weight.flatten(1).norm(dim=1), model.blocks[2].conv2.weight.flatten(1).norm(dim=1)]
+    )
+    assert torch.allclose(norms, torch.full_like(norms, 2.0))
 
 
 def test_a_file_of_another_shape_or_a_damaged_one_is_refused(tmp_path: Path) -> None:
