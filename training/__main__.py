@@ -28,7 +28,9 @@ def train(
     method: Annotated[
         str, typer.Option(help="ke2nt, pmfer (action-unit prompts) or ce (cross-entropy baseline).")
     ] = "ke2nt",
-    architecture: Annotated[str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, or any timm name.")] = "cnn48",
+    architecture: Annotated[
+        str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, dlib112, or any timm name.")
+    ] = "cnn48",
     epochs: int = 50,
     batch_size: int = 64,
     lr: Annotated[
@@ -42,7 +44,13 @@ def train(
         str, typer.Option(help="soft (vote shares, where the dataset has votes) or majority.")
     ] = "soft",
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Backbone weights (safetensors) to start from.")] = None,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(help="Backbone weights (safetensors) to start from, or 'dlib': dlib's ResNet (dlib112)."),
+    ] = None,
+    backbone_lr_scale: Annotated[
+        float, typer.Option(help="The backbone's learning rate as a fraction of --lr (the head's); 1: one rate.")
+    ] = 1.0,
     text_encoder: Annotated[str, typer.Option(help="minilm[:PATH] or open_clip:ARCH@WEIGHTS.")] = "minilm",
     center_text: Annotated[bool, typer.Option(help="Remove the prompts' shared component before use.")] = True,
     logit_scale: Annotated[float, typer.Option(help="Cosine-logit scale (CLIP's is 100).")] = 100.0,
@@ -82,6 +90,7 @@ def train(
         label_mode=label_mode,
         limit=limit,
         init=init,
+        backbone_lr_scale=backbone_lr_scale,
         text_encoder=text_encoder,
         center_text=center_text,
         logit_scale=logit_scale,

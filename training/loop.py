@@ -38,6 +38,7 @@ from training.state import load_state, load_weights, save_state, save_weights
 log = logging.getLogger("training")
 
 METHODS = ("ce", "ke2nt", "pmfer")
+DLIB_INIT = "dlib"  # --init's word for dlib's released face-recognition ResNet (architecture dlib112)
 REFERENCE_LR = 0.002  # KE2NT's reference: fine-tuning a face-recognition backbone
 SCRATCH_LR = 0.1  # from random weights a small CNN needs a far larger step
 
@@ -102,6 +103,9 @@ class TrainConfig:
     # PMFER's loss weights (training/pmfer.py); added after the first release, so never in FINGERPRINT_FIELDS_V1.
     mask_weight: float = 1.0
     adversarial_weight: float = 0.1
+    # The backbone's learning rate as a fraction of the head's; added after the first release.
+    backbone_lr_scale: float = 1.0
+    # A safetensors file, or DLIB_INIT for dlib's own weights.
     init: Path | None = None
     state_dir: Path | None = None
     device: str = "auto"
@@ -196,9 +200,40 @@ def build_training_model(config: TrainConfig, architecture: Architecture, embedd
         learn_class_embeddings=config.method == "ce",
         with_neutral_transform=config.method == "ke2nt",
     )
-    if config.init:
+    if config.init and str(config.init) == DLIB_INIT:
+        load_dlib_backbone(model)
+    elif config.init:
         load_backbone(model, config.init)
     return model
+
+
+def load_dlib_backbone(model: KE2NT) -> int:
+    """Initialise a ``dlib_resnet`` backbone from dlib's released face-recognition weights (CC0).
+
+    The weights are then balanced between each convolution and its affine (the same function):
+    as released, SGD destroys them within a few steps (``balance_for_training``).
+    """
+    from fermon.dlib_resnet import (
+        DlibResNet,
+        balance_for_training,
+        dlib_weights_path,
+        load_dlib_weights,
+        read_dlib_network,
+    )
+
+    if not isinstance(model.backbone, DlibResNet):
+        raise UsageError(
+            f"--init {DLIB_INIT} needs the dlib_resnet backbone (--architecture dlib112), "
+            f"not '{model.architecture.backbone}'"
+        )
+    loaded = load_dlib_weights(model.backbone, read_dlib_network(dlib_weights_path()))
+    balance_for_training(model.backbone)
+    log.info(
+        "initialised %d of %d backbone tensors from dlib's face-recognition ResNet",
+        loaded,
+        len(model.backbone.state_dict()),
+    )
+    return loaded
 
 
 def load_backbone(model: KE2NT, path: Path) -> int:
@@ -215,6 +250,14 @@ def load_backbone(model: KE2NT, path: Path) -> int:
     model.backbone.load_state_dict(matched, strict=False)
     log.info("initialised %d of %d backbone tensors from %s", len(matched), len(own), Path(path).name)
     return len(matched)
+
+
+def backbone_lr_groups(trainable: nn.Module, backbone: nn.Module, scale: float) -> list[dict[str, Any]]:
+    """Two parameter groups: the head (projection, class embeddings, other modules) at the scheduled
+    rate, first, so that the logged rate stays the schedule's; the backbone at ``scale`` times it."""
+    in_backbone = {id(p) for p in backbone.parameters()}
+    head = [p for p in trainable.parameters() if id(p) not in in_backbone]
+    return [{"params": head, "lr_scale": 1.0}, {"params": list(backbone.parameters()), "lr_scale": scale}]
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -289,8 +332,14 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         contrast_weight=config.contrast_weight,
         pairing=config.pairing,
     )
+    # One group unless the backbone's rate is split off (a group without lr_scale runs at 1).
+    groups = (
+        trainable.parameters()
+        if config.backbone_lr_scale == 1.0
+        else backbone_lr_groups(trainable, model.backbone, config.backbone_lr_scale)
+    )
     optimizer = torch.optim.SGD(
-        trainable.parameters(),
+        groups,
         lr=config.learning_rate(),
         momentum=config.momentum,
         nesterov=config.nesterov,
@@ -329,10 +378,9 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         mask_rng = np.random.default_rng([config.seed, epoch])  # PMFER's phrase masking, reproducible on resume
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            factor = lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate() * lr_factor(
-                    epoch * steps_per_epoch + step, total_steps, warmup_steps
-                )
+                group["lr"] = config.learning_rate() * factor * group.get("lr_scale", 1.0)
             images = augment(normalise_batch(train_data.images[index], architecture, device))
             targets, labels = targets_all[index].to(device), labels_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
