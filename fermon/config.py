@@ -86,6 +86,9 @@ class ModelIdentity:
     detector_name: str
     detector_path: str
     detector_sha256: str
+    # sha256 of the checkpoint file's bytes (``checkpoint_sha256`` hashes its tensors): the name of the
+    # copy a cluster worker is sent (fermon.cluster), so that a client-only path works on any worker.
+    checkpoint_file_sha256: str = ""
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -112,4 +115,5 @@ def resolve_models(options: ProcessOptions) -> ModelIdentity:
         detector_name=name,
         detector_path=str(detector_path),
         detector_sha256=file_sha256(detector_path),
+        checkpoint_file_sha256=file_sha256(checkpoint.path),
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fermon import storage
 from fermon.errors import BusyError, OutputError
 
 LEDGER_NAME = "fermon-ledger.sqlite"
@@ -44,13 +45,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 _ADDED_COLUMNS = {"failure_kind": "TEXT"}
 
 
-def file_fingerprint(path: Path) -> str:
+def file_fingerprint(path: Path | str) -> str:
     """sha256 of the size and the first and last MiB: cheap on long videos, and independent of mtime
-    so that copying a folder does not force a rerun."""
+    so that copying a folder does not force a rerun. A URL (fermon.storage) is read in two ranges, and
+    fingerprints as its local copy would."""
     digest = hashlib.sha256()
-    size = path.stat().st_size
+    size = storage.size_of(path)
     digest.update(str(size).encode())
-    with open(path, "rb") as handle:
+    with storage.open_binary(path) as handle:
         digest.update(handle.read(_MIB))
         if size > _MIB:
             handle.seek(max(_MIB, size - _MIB))
@@ -101,7 +103,7 @@ class Ledger:
         ).fetchone()
         return LedgerEntry(*row) if row else None
 
-    def is_done(self, session_id: str, input_fp: str, config_fp: str, out_dir: Path) -> bool:
+    def is_done(self, session_id: str, input_fp: str, config_fp: str, out_dir: Path | str) -> bool:
         entry = self.get(session_id)
         return (
             entry is not None
@@ -109,7 +111,7 @@ class Ledger:
             and entry.input_fingerprint == input_fp
             and entry.config_fingerprint == config_fp
             and entry.output is not None
-            and (out_dir / entry.output).is_file()
+            and storage.is_file(storage.join(out_dir, entry.output))
         )
 
     def start(self, session_id: str, videos: list[str], input_fp: str, config_fp: str) -> None:

@@ -7,15 +7,18 @@ each result in the ledger as it arrives. The work on a session is in ``fermon.wo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fermon import storage
 from fermon.config import ModelIdentity, ProcessOptions, resolve_models
 from fermon.errors import OutputError, RunInterruptedError, UsageError
 from fermon.ledger import FolderLock, Ledger, file_fingerprint, json_fingerprint
-from fermon.runners import ClusterChoice, gpu_resources, run_in_process, run_on_dask
+from fermon.runners import ClusterChoice, DaskRun, gpu_resources, run_in_process
 from fermon.timeline import remove_stale_temporaries
 from fermon.video import Session, VideoFile, find_inputs, quick_duration
 from fermon.worker import FAILED_INPUT, STOP, SessionResult, process_session
@@ -58,13 +61,22 @@ def _input_fingerprint(session: Session) -> tuple[str, str | None]:
         return json_fingerprint([[v.relative, file_fingerprint(v.path)] for v in session.videos]), None
     except OSError as error:
         try:
-            stats = [[v.relative, v.path.stat().st_size, v.path.stat().st_mtime_ns] for v in session.videos]
+            stats = [[v.relative, *_size_and_mtime(v.path)] for v in session.videos]
         except OSError:
             stats = []
-        return f"unreadable-{json_fingerprint(stats)}", f"{session.videos[0].relative}: unreadable ({error.strerror})"
+        reason = error.strerror or error
+        return f"unreadable-{json_fingerprint(stats)}", f"{session.videos[0].relative}: unreadable ({reason})"
 
 
-def _plan(sessions: list[Session], ledger: Ledger, out_dir: Path, config_fp: str, force: bool, retry: bool) -> _Planned:
+def _size_and_mtime(path: Path | str) -> list[int]:
+    if storage.is_url(path):
+        return [storage.size_of(path)]
+    return [path.stat().st_size, path.stat().st_mtime_ns]
+
+
+def _plan(
+    sessions: list[Session], ledger: Ledger, out_dir: Path | str, config_fp: str, force: bool, retry: bool
+) -> _Planned:
     planned = _Planned()
     for session in sessions:
         input_fp, unreadable = _input_fingerprint(session)
@@ -121,6 +133,24 @@ class _Recorder:
         self.emit({"event": "progress", "session_id": session_id, "processed_s": processed_s, "duration_s": duration_s})
 
 
+def _output_state(out: Path | str) -> Path:
+    """Check that the output can be written; the local folder for its ledger and lock (the output
+    folder itself, or for a URL a client-local folder keyed by it: see fermon.storage.state_dir)."""
+    if not storage.is_url(out):
+        _check_output_folder(Path(out))
+        return Path(out)
+    if storage.is_file(out):
+        raise OutputError(f"{storage.shown(out)}: exists and is not a folder")
+    probe = storage.join(out, f".fermon-probe-{os.getpid()}.tmp")
+    try:
+        storage.write_bytes_atomic(probe, b"fermon")
+        storage.remove(probe)
+    except (OutputError, OSError) as error:
+        reason = str(error.__cause__ or error).splitlines()[0]
+        raise OutputError(f"{storage.shown(out)}: cannot write ({reason})") from error
+    return storage.state_dir(str(out))
+
+
 def _check_output_folder(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder")
@@ -131,8 +161,8 @@ def _check_output_folder(out_dir: Path) -> None:
 
 
 def run_process(
-    inputs: list[Path],
-    out_dir: Path,
+    inputs: list[Path | str],
+    out_dir: Path | str,
     options: ProcessOptions | None = None,
     *,
     workers: int | None = None,
@@ -143,6 +173,9 @@ def run_process(
     on_event: EventSink | None = None,
 ) -> RunSummary:
     """Process every video session under ``inputs`` into ``out_dir/timelines/<session_id>.parquet``.
+
+    Inputs and ``out_dir`` may be fsspec URLs (``s3://bucket/prefix``: see fermon.storage); the
+    ledger and the lock of an output URL are kept on this machine (``storage.state_dir``).
 
     Sessions run in this process: one at a time on every core (``workers`` None, 0 or 1), or
     ``workers`` at once on threads. ``scheduler``, ``scheduler_file`` or ``DASK_SCHEDULER_ADDRESS``
@@ -158,7 +191,8 @@ def run_process(
         raise UsageError("--workers must be 0 (no Dask) or more")
     if (scheduler or scheduler_file) and workers:
         raise UsageError("--workers cannot be combined with --scheduler or --scheduler-file")
-    _check_output_folder(out_dir)
+    out = out_dir if storage.is_url(out_dir) else Path(out_dir)
+    state = _output_state(out)
     found = find_inputs(inputs, options.session_by)
     summary = RunSummary(not_videos=found.skipped)
     for name in found.skipped:
@@ -166,13 +200,15 @@ def run_process(
     identity = resolve_models(options)
     config_fp = json_fingerprint({"model": identity.fingerprint(), "options": options.relevant()})
     STOP.clear()
-    with FolderLock(out_dir):
-        remove_stale_temporaries(out_dir)
-        ledger = Ledger(out_dir)
+    with FolderLock(state):
+        if not storage.is_url(out):
+            remove_stale_temporaries(out)
+        ledger = Ledger(state)
         try:
-            planned = _plan(found.sessions, ledger, out_dir, config_fp, force, retry_failed)
+            planned = _plan(found.sessions, ledger, out, config_fp, force, retry_failed)
             choice = ClusterChoice(workers, scheduler, scheduler_file)
-            _run_planned(planned, len(found.sessions), ledger, config_fp, options, identity, summary, emit, choice)
+            run = _Run(out, config_fp, options, identity, choice)
+            _run_planned(planned, len(found.sessions), ledger, run, summary, emit)
         finally:
             ledger.close()
     emit(
@@ -188,18 +224,37 @@ def run_process(
     return summary
 
 
+@dataclass(frozen=True)
+class _Run:
+    out: Path | str
+    config_fp: str
+    options: ProcessOptions
+    identity: ModelIdentity
+    choice: ClusterChoice
+
+
 def _run_planned(
+    planned: _Planned, sessions: int, ledger: Ledger, run: _Run, summary: RunSummary, emit: EventSink
+) -> None:
+    todo = [session for session, _ in planned.todo]
+    # On a cluster, every worker is checked before anything is recorded or started.
+    cluster = DaskRun(run.choice, run.options, run.identity, str(run.out)) if run.choice.existing and todo else None
+    with cluster or nullcontext():
+        if cluster is not None:
+            cluster.start(todo)
+        _record_and_run(planned, sessions, ledger, run, summary, emit, cluster)
+
+
+def _record_and_run(
     planned: _Planned,
     sessions: int,
     ledger: Ledger,
-    config_fp: str,
-    options: ProcessOptions,
-    identity: ModelIdentity,
+    run: _Run,
     summary: RunSummary,
     emit: EventSink,
-    choice: ClusterChoice,
+    cluster: DaskRun | None,
 ) -> None:
-    out_dir = ledger.path.parent
+    config_fp, options, identity, out_dir = run.config_fp, run.options, run.identity, run.out
     summary.up_to_date, summary.known_bad = planned.up_to_date, planned.known_bad
     for session_id in planned.up_to_date:
         emit({"event": "session_up_to_date", "session_id": session_id})
@@ -225,10 +280,10 @@ def _run_planned(
     try:
         if not todo:
             pass
-        elif choice.existing:
-            run_on_dask(todo, options, identity, str(out_dir), choice, record, record.progress)
+        elif cluster is not None:
+            cluster.run(todo, record, record.progress)
         else:
-            run_in_process(todo, options, identity, str(out_dir), record, record.progress, choice.workers or 1)
+            run_in_process(todo, options, identity, str(out_dir), record, record.progress, run.choice.workers or 1)
     except KeyboardInterrupt:
         STOP.set()  # a Ctrl-C without fermon's own signal handler (the Python API): the same stop
     if STOP.is_set():

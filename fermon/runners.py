@@ -6,18 +6,26 @@ in the client's main thread, where the ledger is written) and ``on_progress`` (s
 processed). Dask workers send progress to the client through Dask's event topics: nothing is
 written to disk. ``fermon.worker.STOP`` stops a run: sessions in this process stop at their next batch, and
 work on a remote cluster is cancelled.
+
+An output URL (fermon.storage) is written through a worker-local staging folder: the session writes
+its timeline there as it does into a local folder, and the runner publishes it in one PUT, so no
+reader of the store sees part of it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from fermon import storage
 from fermon.config import ModelIdentity, ProcessOptions
+from fermon.errors import OutputError
 from fermon.video import Session
 from fermon.worker import FAILED_RUN, STOP, SessionResult, SessionStoppedError, process_session
 
@@ -39,6 +47,29 @@ class ClusterChoice:
         """Whether an existing Dask cluster is named (DASK_SCHEDULER_ADDRESS counts unless --workers is)."""
         from_environment = self.workers is None and bool(os.environ.get("DASK_SCHEDULER_ADDRESS"))
         return bool(self.scheduler or self.scheduler_file or from_environment)
+
+
+def run_session(
+    session: Session,
+    options: ProcessOptions,
+    identity: ModelIdentity,
+    out_dir: str,
+    on_progress: Callable[[float, float], None] | None = None,
+) -> SessionResult:
+    """``process_session``, also for an output URL: the timeline is staged in a local temporary
+    folder and published in one piece; the staged copy is removed either way."""
+    if not storage.is_url(out_dir):
+        return process_session(session, options, identity, out_dir, on_progress)
+    with tempfile.TemporaryDirectory(prefix="fermon-session-") as staging:
+        result = process_session(session, options, identity, staging, on_progress)
+        if result.status == "done" and result.output:
+            try:
+                data = (Path(staging) / result.output).read_bytes()
+                storage.write_bytes_atomic(storage.join(out_dir, result.output), data)
+            except (OSError, OutputError) as error:
+                reason = f"{result.output}: cannot publish the timeline ({error})"
+                return SessionResult(session.session_id, "failed", reason, FAILED_RUN, seconds=result.seconds)
+        return result
 
 
 def run_in_process(
@@ -63,7 +94,7 @@ def run_in_process(
             on_progress(session_id, done, total)
 
         try:
-            result = process_session(session, options, identity, out_dir, report)
+            result = run_session(session, options, identity, out_dir, report)
         except SessionStoppedError:
             return
         on_result(result)
@@ -91,7 +122,7 @@ def _run_on_threads(
         def report(done: float, total: float) -> None:
             progress.put({"session_id": session.session_id, "processed_s": done, "duration_s": total})
 
-        return process_session(session, options, identity, out_dir, report)
+        return run_session(session, options, identity, out_dir, report)
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="fermon-session") as pool:
         futures = {pool.submit(task, session): session for session in todo}
@@ -139,17 +170,90 @@ def _dask_client(choice: ClusterChoice) -> Any:
 
 
 def _session_task(
-    session: Session, options: ProcessOptions, identity: ModelIdentity, out_dir: str, topic: str
+    session: Session,
+    options: ProcessOptions,
+    identity: ModelIdentity,
+    out_dir: str,
+    topic: str,
+    option_files: dict[str, str] | None = None,
 ) -> SessionResult:
-    """A session on a Dask worker, its progress sent to the client as events on ``topic``."""
+    """A session on a Dask worker, its progress sent to the client as events on ``topic``; the
+    options' files (``option_files``: field -> sha256) are read from the copies shipped here."""
     from distributed import get_worker
+
+    from fermon.cluster import with_local_files
 
     worker = get_worker()
 
     def report(done: float, total: float) -> None:
         worker.log_event(topic, {"session_id": session.session_id, "processed_s": done, "duration_s": total})
 
-    return process_session(session, options, identity, out_dir, report)
+    if option_files:
+        options = with_local_files(options, option_files)
+    return run_session(session, options, identity, out_dir, report)
+
+
+class DaskRun:
+    """A run on an existing Dask cluster. Entering connects; ``start`` checks the cluster contract on
+    every worker (``fermon.cluster.check_workers``: raises before any work starts) and ships the
+    model files; leaving removes them from the workers and closes the client."""
+
+    def __init__(self, choice: ClusterChoice, options: ProcessOptions, identity: ModelIdentity, out_dir: str) -> None:
+        self.choice, self.options, self.identity, self.out_dir = choice, options, identity, out_dir
+        self.client: Any = None
+        self.plugin: str | None = None
+        self.option_files: dict[str, str] = {}
+
+    def __enter__(self) -> DaskRun:
+        self.client = _dask_client(self.choice)
+        return self
+
+    def start(self, todo: Sequence[Session]) -> list[str]:
+        """Check the contract on every worker connected now, then ship the model files (to those
+        and to any that joins later). Returns the checked workers' addresses."""
+        from fermon import cluster
+
+        workers = cluster.check_workers(self.client, todo, self.out_dir)
+        self.plugin, self.option_files = cluster.ship_models(self.client, self.identity, self.options)
+        return workers
+
+    def __exit__(self, *exc: object) -> None:
+        from fermon import cluster
+
+        try:
+            if self.plugin is not None:
+                cluster.unship(self.client, self.plugin)
+        finally:
+            self.plugin = None
+            self.client.close()
+
+    def run(self, todo: Sequence[Session], on_result: ResultSink, on_progress: ProgressEvent) -> None:
+        """Sessions as tasks; a session whose worker dies fails alone and the rest go on. On a stop
+        request the tasks not yet finished are cancelled."""
+        client = self.client
+        progress: queue.Queue = queue.Queue()
+        topic = f"fermon-progress-{uuid.uuid4().hex}"
+        client.subscribe_topic(topic, lambda event: progress.put(event[1]))
+        try:
+            futures = {
+                # Opaque keys: task names must not carry file names to a dashboard or logs.
+                client.submit(
+                    _session_task,
+                    session,
+                    self.options,
+                    self.identity,
+                    self.out_dir,
+                    topic,
+                    self.option_files,
+                    key=f"fermon-session-{uuid.uuid4().hex}",
+                    pure=False,
+                    resources=gpu_resources(self.options.device),
+                ): session
+                for session in todo
+            }
+            _collect(futures, progress, on_result, on_progress)
+        finally:
+            client.unsubscribe_topic(topic)
 
 
 def run_on_dask(
@@ -161,33 +265,10 @@ def run_on_dask(
     on_result: ResultSink,
     on_progress: ProgressEvent,
 ) -> None:
-    """Sessions as tasks on an existing Dask cluster; a session whose worker dies fails alone and
-    the rest go on. On a stop request the tasks not yet finished are cancelled."""
-    client = _dask_client(choice)
-    resources = gpu_resources(options.device)
-    progress: queue.Queue = queue.Queue()
-    topic = f"fermon-progress-{uuid.uuid4().hex}"
-    client.subscribe_topic(topic, lambda event: progress.put(event[1]))
-    try:
-        futures = {
-            # Opaque keys: task names must not carry file names to a dashboard or logs.
-            client.submit(
-                _session_task,
-                session,
-                options,
-                identity,
-                out_dir,
-                topic,
-                key=f"fermon-session-{uuid.uuid4().hex}",
-                pure=False,
-                resources=resources,
-            ): session
-            for session in todo
-        }
-        _collect(futures, progress, on_result, on_progress)
-    finally:
-        client.unsubscribe_topic(topic)
-        client.close()
+    """Sessions as tasks on an existing Dask cluster, after checking its contract (``DaskRun``)."""
+    with DaskRun(choice, options, identity, out_dir) as run:
+        run.start(todo)
+        run.run(todo, on_result, on_progress)
 
 
 def _collect(futures: dict, progress: queue.Queue, on_result: ResultSink, on_progress: ProgressEvent) -> None:

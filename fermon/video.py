@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from fermon import storage
 from fermon.errors import DataError, InputError, UsageError
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
@@ -57,7 +58,7 @@ _LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 class VideoFile:
     """A video found among the inputs: where it is, and its path relative to the input root."""
 
-    path: Path
+    path: Path | str  # a local path, or an fsspec URL (see fermon.storage)
     relative: str  # POSIX path relative to the input root: the only form written to outputs
 
 
@@ -109,20 +110,21 @@ class DecodeGap:
     reason: str
 
 
-def looks_like_video(path: Path) -> bool:
+def looks_like_video(path: Path | str) -> bool:
     """Magic bytes of ISO-BMFF (mp4/mov/m4v), Matroska/WebM and AVI containers."""
     try:
-        with open(path, "rb") as handle:
+        with storage.open_binary(path, block_size=4096) as handle:
             head = handle.read(12)
     except OSError:
         return False
     return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
 
 
-def is_video_candidate(path: Path) -> bool:
+def is_video_candidate(path: Path | str) -> bool:
     """A video suffix, or video content under another name. A corrupt file with a video suffix stays a
     candidate so that it is reported as failed rather than silently skipped."""
-    return path.suffix.lower() in VIDEO_SUFFIXES or looks_like_video(path)
+    suffix = PurePosixPath(storage.name_of(path)).suffix if storage.is_url(path) else Path(path).suffix
+    return suffix.lower() in VIDEO_SUFFIXES or looks_like_video(path)
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -154,12 +156,16 @@ def _unique(ids: list[str]) -> list[str]:
 
 
 def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
-    """Video files among the given files and folders (searched recursively), grouped into sessions."""
+    """Video files among the given files and folders (searched recursively), grouped into sessions.
+    A path may also be an fsspec URL string (a prefix or one object: see fermon.storage)."""
     if session_by not in ("file", "folder"):
         raise UsageError(f"--session-by must be 'file' or 'folder', not {session_by!r}")
     videos: list[VideoFile] = []
     skipped: list[str] = []
     for given in paths:
+        if storage.is_url(given):
+            _find_under_url(str(given), videos, skipped)
+            continue
         if not given.exists():
             raise InputError(f"{given}: no such file or folder")
         root, files = (given, list(_walk(given))) if given.is_dir() else (given.parent, [given])
@@ -172,6 +178,20 @@ def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
     return Inputs(group_sessions(videos, session_by), skipped)
 
 
+def _find_under_url(url: str, videos: list[VideoFile], skipped: list[str]) -> None:
+    _, files = storage.walk(url)
+    for location, relative in files:
+        if is_video_candidate(location):
+            videos.append(VideoFile(location, relative))
+        else:
+            skipped.append(relative)
+
+
+def _folder_of(video: VideoFile) -> Path | str:
+    """The folder a video is in, as a grouping key: resolved for paths, as given for URLs."""
+    return storage.parent_of(video.path) if storage.is_url(video.path) else Path(video.path).parent.resolve()
+
+
 def _parent(relative: str) -> str:
     return relative.rsplit("/", 1)[0] if "/" in relative else ""
 
@@ -181,18 +201,18 @@ def group_sessions(videos: list[VideoFile], session_by: str) -> list[Session]:
     if session_by == "file":
         ids = _unique([session_id_for(v.relative) for v in videos])
         return [Session(sid, [v]) for sid, v in zip(ids, videos, strict=True)]
-    groups: dict[Path, list[VideoFile]] = {}
+    groups: dict[Path | str, list[VideoFile]] = {}
     for video in videos:
-        groups.setdefault(video.path.parent.resolve(), []).append(video)
-    members = [sorted(group, key=lambda v: v.path.name) for group in groups.values()]
-    names = [_safe(_parent(group[0].relative) or group[0].path.parent.resolve().name) for group in members]
+        groups.setdefault(_folder_of(video), []).append(video)
+    members = [sorted(group, key=lambda v: storage.name_of(v.path)) for group in groups.values()]
+    names = [_safe(_parent(group[0].relative) or storage.name_of(_folder_of(group[0]))) for group in members]
     return [Session(sid, group) for sid, group in zip(_unique(names), members, strict=True)]
 
 
-def codec_of(path: Path) -> str:
+def codec_of(path: Path | str) -> str:
     """The video codec named in the container header (first and last MiB), or 'unknown'."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
+    size = storage.size_of(path)
+    with storage.open_binary(path) as handle:
         data = handle.read(1 << 20)
         if size > 2 << 20:
             handle.seek(size - (1 << 20))
@@ -206,7 +226,9 @@ def _first_line(error: BaseException, video: VideoFile) -> str:
     """The first line of a decord error, without the absolute path it embeds."""
     text = _LOG_PREFIX.sub("", str(error)).strip().splitlines()
     line = (text[0] if text else type(error).__name__).replace(str(video.path), video.relative)
-    return line.replace(str(video.path.resolve()), video.relative)[:200]
+    if not storage.is_url(video.path):
+        line = line.replace(str(Path(video.path).resolve()), video.relative)
+    return storage.RELAY_URL.sub(video.relative, line)[:200]
 
 
 _STDERR_LOCK = threading.Lock()
@@ -247,6 +269,8 @@ def open_reader(video: VideoFile):
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg log lines would name absolute paths
+    if storage.is_url(video.path):
+        return _open_remote_reader(video)
     if not video.path.is_file():
         raise InputError(f"{video.relative}: no such file")
     if video.path.stat().st_size == 0:
@@ -256,6 +280,32 @@ def open_reader(video: VideoFile):
             reader = decord.VideoReader(str(video.path), ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as error:
         raise DataError(f"{video.relative}: not a readable video ({_first_line(error, video)})") from error
+    if len(reader) == 0:
+        raise DataError(f"{video.relative}: no video frames")
+    return reader
+
+
+def _open_remote_reader(video: VideoFile):
+    """A VideoReader of a video in an object store, streamed through fermon's loopback relay
+    (``storage.relayed``): the store serves only the ranges decoding reads, never a full copy."""
+    import decord
+
+    try:
+        size = storage.size_of(video.path)
+    except FileNotFoundError as error:
+        raise InputError(f"{video.relative}: no such file") from error
+    except OSError as error:
+        raise InputError(f"{video.relative}: unreadable ({error})") from error
+    if size == 0:
+        raise DataError(f"{video.relative}: empty file")
+    source = storage.relayed(video.path, size)
+    try:
+        with native_stderr_silenced():
+            reader = decord.VideoReader(source.url, ctx=decord.cpu(0), num_threads=1)
+    except (RuntimeError, decord.DECORDError) as error:
+        source.close()
+        raise DataError(f"{video.relative}: not a readable video ({_first_line(error, video)})") from error
+    reader.fermon_source = source  # served for as long as the reader lives
     if len(reader) == 0:
         raise DataError(f"{video.relative}: no video frames")
     return reader
@@ -273,13 +323,17 @@ def probe(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
         del reader
     starts = stamps[:, 0]
     duration = float(stamps[-1, 1]) if count else 0.0
-    info = VideoInfo(fps, count, duration, codec_of(video.path), width, height, video.path.stat().st_size)
+    size = storage.size_of(video.path)
+    info = VideoInfo(fps, count, duration, codec_of(video.path), width, height, size)
     return info, starts
 
 
 def quick_duration(video: VideoFile) -> float | None:
     """A video's length in seconds from its frame count and mean rate, without reading timestamps:
-    enough to size a progress bar. None when the file does not open."""
+    enough to size a progress bar. None when the file does not open, and for a URL: decord reads a
+    whole object to open it, which the client should not do just for a progress bar."""
+    if storage.is_url(video.path):
+        return None
     try:
         reader = open_reader(video)
         seconds = len(reader) / max(float(reader.get_avg_fps()), 1e-6)

@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,33 @@ class SessionResult:
 
 _MODEL_CACHE: dict[tuple, tuple[Any, Any]] = {}
 _MODEL_LOCK = threading.Lock()  # worker threads of one process share the cache
+# sha256 -> local copies of the client's model files, written here by fermon.cluster's worker plugin
+# (a stack per hash: two runs on one cluster may ship the same file).
+SHIPPED_FILES: dict[str, list[str]] = {}
+
+
+def shipped_copy(sha256: str) -> str | None:
+    """This process's local copy of a file the client shipped by content, or None."""
+    copies = SHIPPED_FILES.get(sha256) if sha256 else None
+    return copies[-1] if copies else None
+
+
+def _with_local_copies(identity: ModelIdentity) -> ModelIdentity:
+    """The identity with its files replaced by the copies shipped to this worker, where there are any:
+    the client's paths may not exist here."""
+    checkpoint = shipped_copy(identity.checkpoint_file_sha256)
+    detector = shipped_copy(identity.detector_sha256)
+    return replace(
+        identity,
+        checkpoint_path=checkpoint or identity.checkpoint_path,
+        detector_path=detector or identity.detector_path,
+    )
 
 
 def cached_models(identity: ModelIdentity, options: ProcessOptions) -> tuple[Any, Any]:
-    """The detector and classifier for this run, built once per process and configuration."""
+    """The detector and classifier for this run, built once per process and configuration; on a
+    cluster worker, from the copies the client shipped (``SHIPPED_FILES``)."""
+    identity = _with_local_copies(identity)
     key = (identity, options.threshold, options.min_face, options.device, options.batch_size, options.threads)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:

@@ -135,8 +135,10 @@ def _open_log(path: Path | None) -> IO[str] | None:
 
 
 def process(
-    inputs: Annotated[list[Path], typer.Argument(help="Video files and folders (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: timelines/, ledger, lock.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Video files and folders (searched recursively), or URLs (s3://bucket/prefix).")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (timelines/, ledger, lock) or URL.")],
     fps: Annotated[float, typer.Option(help="Samples per second; 0 = every frame.")] = 5.0,
     target: Annotated[str, typer.Option(help="Patient's track: largest, center or all.")] = "largest",
     checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' (the embedded model).")] = "default",
@@ -204,6 +206,10 @@ def process(
     """
     from fermon.errors import RunInterruptedError
     from fermon.process import ProcessOptions, run_process
+    from fermon.storage import location_of
+
+    # Strings, not Paths, on the command line: Path("s3://b/k") would lose a slash.
+    inputs, out = [location_of(given) for given in inputs], location_of(out)
 
     with exit_on_error():
         options = ProcessOptions(

@@ -10,13 +10,14 @@ import typer
 
 from fermon.cli._common import exit_on_error
 from fermon.errors import UsageError
+from fermon.storage import join, location_of
 
 if TYPE_CHECKING:
     from fermon.report import ReportResult
 
 
 def report(
-    out: Annotated[Path, typer.Argument(help="The output folder of 'fermon process'.")],
+    out: Annotated[str, typer.Argument(help="The output folder or URL of 'fermon process'.")],
     force: Annotated[bool, typer.Option("--force", help="Rebuild every session page.")] = False,
     include_thumbnails: Annotated[
         bool,
@@ -48,12 +49,16 @@ def report(
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (in-process) or more")
         run_reports(
-            out, force=force, workers=workers, quiet=quiet, thumbnails_from=videos if include_thumbnails else None
+            location_of(out),
+            force=force,
+            workers=workers,
+            quiet=quiet,
+            thumbnails_from=videos if include_thumbnails else None,
         )
 
 
 def run_reports(
-    out: Path,
+    out: Path | str,
     *,
     force: bool = False,
     workers: int | None = None,
@@ -70,10 +75,10 @@ def run_reports(
         echo_result(out, result)
 
 
-def echo_result(out: Path, result: ReportResult) -> None:
+def echo_result(out: Path | str, result: ReportResult) -> None:
     """One line on stderr: what was built, and where (relative to the folder as given)."""
     typer.echo(
         f"reports: {len(result.built)} page(s) built, {len(result.unchanged)} unchanged, "
-        f"{result.failed_inputs} failed input(s) listed; open {out / result.index}",
+        f"{result.failed_inputs} failed input(s) listed; open {join(out, result.index)}",
         err=True,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fermon import __version__
+from fermon import __version__, storage
 from fermon.analysis import (
     QualityThresholds,
     read_timeline,
@@ -30,7 +31,7 @@ from fermon.analysis import (
     thresholds_dict,
     timeline_files,
 )
-from fermon.errors import OutputError
+from fermon.errors import InputError, OutputError, UsageError
 from fermon.ledger import LEDGER_NAME, FolderLock
 from fermon.timeline import METADATA_KEY, TIMELINES_DIR
 
@@ -230,6 +231,10 @@ def build_reports(
     """
     from fermon.report import pages
 
+    if storage.is_url(out_dir):
+        return _build_at_url(
+            str(out_dir), force=force, thresholds=thresholds, workers=workers, thumbnails=thumbnails_from
+        )
     started = time.perf_counter()
     out_dir = Path(out_dir)
     thresholds = thresholds or QualityThresholds()
@@ -291,3 +296,47 @@ def _remove_stale_pages(folder: Path, sessions: set[str]) -> list[str]:
             page_path.unlink(missing_ok=True)
             removed.append(page_path.stem)
     return removed
+
+
+# --------------------------------------------------------------------------- an output URL
+
+
+def _build_at_url(
+    url: str, *, force: bool, thresholds: QualityThresholds | None, workers: int, thumbnails: list[Path] | None
+) -> ReportResult:
+    """Reports for an output URL (fermon.storage): the timelines are fetched into a local temporary
+    folder beside the client-local ledger, the pages are built there, and each file is published in
+    one PUT. Every page is rebuilt (fetched copies carry no stamps to compare); pages of sessions
+    whose timeline is gone are deleted. Holds the URL's lock, as a run on it does."""
+    if thumbnails is not None:
+        raise UsageError("--include-thumbnails needs the videos on this machine, not an output URL")
+    state = storage.state_dir(url)
+    timelines = storage.join(url, TIMELINES_DIR)
+    with FolderLock(state), tempfile.TemporaryDirectory(prefix="fermon-report-") as staging:
+        local = Path(staging)
+        names = storage.list_names(timelines, ".parquet")
+        if not names and not (state / LEDGER_NAME).is_file():
+            raise InputError(f"{storage.shown(url)}: no {TIMELINES_DIR}/ (run 'fermon process' first)")
+        for name in names:
+            storage_file = storage.join(timelines, name)
+            (local / TIMELINES_DIR).mkdir(exist_ok=True)
+            (local / TIMELINES_DIR / name).write_bytes(storage.read_bytes(storage_file))
+        if (state / LEDGER_NAME).is_file():
+            (local / LEDGER_NAME).symlink_to(state / LEDGER_NAME)  # read-only, for the failures listed
+        result = build_reports(local, force=True, thresholds=thresholds, workers=workers)
+        _publish(local, url)
+    sessions = storage.join(url, REPORTS_DIR, SESSIONS_DIR)
+    kept = {f"{session_id}.html" for session_id in result.built}
+    for name in storage.list_names(sessions, ".html"):
+        if name not in kept:
+            storage.remove(storage.join(sessions, name))
+            result.removed.append(name[: -len(".html")])
+    return result
+
+
+def _publish(local: Path, url: str) -> None:
+    """Upload what a build wrote: reports/ (pages, index, manifest) and summary.parquet."""
+    for relative, _ in storage.files_under(local / REPORTS_DIR):
+        data = (local / REPORTS_DIR / relative).read_bytes()
+        storage.write_bytes_atomic(storage.join(url, REPORTS_DIR, *relative.split("/")), data)
+    storage.write_bytes_atomic(storage.join(url, SUMMARY_NAME), (local / SUMMARY_NAME).read_bytes())
