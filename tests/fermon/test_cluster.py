@@ -22,10 +22,11 @@ from fermon.errors import InputError, OutputError
 from fermon.ledger import Ledger
 from fermon.process import ProcessOptions, run_process
 from tests.fermon.s3server import s3_server
-from tests.fermon.test_storage import BUCKET, rows, upload
+from tests.fermon.test_storage import rows, upload
 from tests.videos import write_bad_files, write_clip_set
 
 pytestmark = pytest.mark.slow
+BUCKET = "fermon-cluster"  # moto keeps one store per process: a bucket of this module's own
 REPOSITORY = Path(fermon.__file__).resolve().parents[1]
 
 
@@ -57,7 +58,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
             patch.setenv(name, value)
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         fs = fresh_s3()
-        fs.mkdir(BUCKET)
+        fs.mkdir(BUCKET, exist_ok=True)
         yield fs, environment
 
 

@@ -35,7 +35,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
             patch.setenv(name, value)
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         fs = fresh_s3()
-        fs.mkdir(BUCKET)
+        fs.mkdir(BUCKET, exist_ok=True)
         yield fs
 
 
