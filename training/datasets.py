@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 
 from fermon.errors import DataError, InputError, UsageError
-from fermon.vocab import canonical_classes, code_to_class_index, dataset_classes, load_data_file
+from fermon.vocab import canonical_classes
+from training.vocabulary import class_words, code_to_class_index, dataset_classes, dataset_labels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 FERPLUS_SPLITS = {"train": "FER2013Train", "valid": "FER2013Valid", "val": "FER2013Valid", "test": "FER2013Test"}
@@ -109,7 +110,7 @@ def read_ferplus(root: Path, split: str, size: int, colour: str, limit: int | No
         raise InputError(f"{label_file}: FERPlus label file not found")
     classes = dataset_classes("ferplus")
     code_to_index = code_to_class_index("ferplus")
-    expressions = len(load_data_file("vocabulary.json")["datasets"]["ferplus"]["labels"])
+    expressions = len(dataset_labels("ferplus"))
     rows = []
     with label_file.open(newline="") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
@@ -184,7 +185,7 @@ def read_affectnet(
 
 
 def _folder_class(name: str) -> str | None:
-    words = load_data_file("prompts.json")["words"]
+    words = class_words()
     lowered = name.lower()
     if lowered in words:
         return lowered

@@ -16,6 +16,7 @@ from fermon.model import KE2NT
 from fermon.vocab import crop_template
 from training.datasets import LabelledFaces
 from training.loop import TrainResult
+from training.methods import get_method
 from training.metrics import classification_report, negative_log_likelihood
 from training.state import load_weights
 
@@ -50,13 +51,14 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
     before = classification_report(softmax(logits), val.labels, val.class_names)
     after = classification_report(softmax(logits, temperature), val.labels, val.class_names)
     config = result.config
+    uses_text = get_method(config.method).uses_text  # the CE baseline's class vectors are no text's
     metadata = {
         "name": name,
         "method": config.method,
         "class_names": result.class_names,
         "prompts": result.prompts,
-        "text_encoder": config.text_encoder if config.method != "ce" else None,
-        "text_centered": config.center_text if config.method != "ce" else None,
+        "text_encoder": config.text_encoder if uses_text else None,
+        "text_centered": config.center_text if uses_text else None,
         "crop": crop_metadata(architecture.crop, architecture.colour),
         "temperature": temperature,
         "fermon_version": fermon.__version__,

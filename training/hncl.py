@@ -53,7 +53,9 @@ from training.state import load_state, save_state, save_weights
 
 log = logging.getLogger("training")
 
-PRETRAIN_METHODS = ("hncl", "contrastive")
+# The pre-training methods, and whether each takes the images whose landmark heatmaps are nearest
+# neighbours as extra positives (HNCL) or the augmented views alone (its plain contrastive baseline).
+PRETRAIN_METHODS: dict[str, bool] = {"hncl": True, "contrastive": False}
 DEFAULT_CACHE = Path.home() / ".cache" / "fermon" / "hncl"
 
 
@@ -265,7 +267,7 @@ def pretrain(
     if len(data) < 2:
         raise UsageError(f"{config.root}: need at least 2 training images for dataset '{config.dataset}'")
     neighbours = None
-    if config.method == "hncl":
+    if PRETRAIN_METHODS[config.method]:
         params = NeighbourParams(config.neighbours, config.heatmap_size, config.sigma)
         neighbours = heatmap_neighbours(
             data.images, source or create_landmark_source(config.landmarks), params, config.cache_dir

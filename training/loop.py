@@ -26,18 +26,17 @@ from torch import nn
 from fermon.classify import batched_logits, cpu_has_amx, normalise_batch, resolve_device, softmax
 from fermon.errors import UsageError
 from fermon.model import CLIP_LOGIT_SCALE, KE2NT, Architecture, load_architecture
-from fermon.text import DEFAULT_TEXT_ENCODER, create_text_encoder
-from fermon.vocab import class_prompts
 from training.augment import Augmentation
 from training.datasets import LabelledFaces, read_dataset
 from training.losses import KE2NTLoss
+from training.methods import get_method
 from training.metrics import classification_report
-from training.pmfer import PMFERHead, class_au_prompts, forward_with_feature_map
+from training.pmfer import forward_with_feature_map
 from training.state import load_state, load_weights, save_state, save_weights
+from training.text import DEFAULT_TEXT_ENCODER, create_text_encoder
 
 log = logging.getLogger("training")
 
-METHODS = ("ce", "ke2nt", "pmfer")
 DLIB_INIT = "dlib"  # --init's word for dlib's released face-recognition ResNet (architecture dlib112)
 REFERENCE_LR = 0.002  # KE2NT's reference: fine-tuning a face-recognition backbone
 SCRATCH_LR = 0.1  # from random weights a small CNN needs a far larger step
@@ -161,44 +160,30 @@ def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.T
     prompts a large shared component (MiniLM: pairwise cosine 0.74-0.89), which leaves little angle
     between classes; centred, the prompts are well apart and ``t_y - t_neutral`` is unchanged.
     """
-    prompts = class_prompts_for(config, class_names)
+    method = get_method(config.method)
+    prompts = method.prompts(class_names, config)
     text = torch.from_numpy(create_text_encoder(config.text_encoder).encode(prompts))
     if config.center_text:
         text = torch.nn.functional.normalize(text - text.mean(dim=0, keepdim=True), dim=-1)
-    if config.method == "ce":
+    if method.learn_class_embeddings:  # only the text's width is used: the class vectors start random
         generator = torch.Generator().manual_seed(config.seed)
         return torch.randn(text.shape, generator=generator)
     return text
 
 
 def class_prompts_for(config: TrainConfig, class_names: list[str]) -> list[str]:
-    """KE2NT's template prompts, or PMFER's action-unit prompts."""
-    if config.method == "pmfer":
-        return class_au_prompts(class_names)
-    return class_prompts(class_names, config.prompt_template)
-
-
-def build_pmfer_head(config: TrainConfig, model: KE2NT, class_names: list[str]) -> PMFERHead:
-    """PMFER's training-only parts; kept outside the model so checkpoints stay ordinary KE2NT ones."""
-    return PMFERHead.create(
-        class_names,
-        create_text_encoder(config.text_encoder),
-        int(model.backbone.num_features),
-        center_text=config.center_text,
-        mask_weight=config.mask_weight,
-        adversarial_weight=config.adversarial_weight,
-    )
+    """The method's class prompts (KE2NT's template, PMFER's action units, ...)."""
+    return get_method(config.method).prompts(class_names, config)
 
 
 def build_training_model(config: TrainConfig, architecture: Architecture, embeddings: torch.Tensor) -> KE2NT:
-    if config.method not in METHODS:
-        raise UsageError(f"unknown method '{config.method}'; known: {', '.join(METHODS)}")
+    method = get_method(config.method)
     model = KE2NT(
         architecture,
         embeddings,
         logit_scale=config.logit_scale,
-        learn_class_embeddings=config.method == "ce",
-        with_neutral_transform=config.method == "ke2nt",
+        learn_class_embeddings=method.learn_class_embeddings,
+        with_neutral_transform=method.neutral_transform,
     )
     if config.init and str(config.init) == DLIB_INIT:
         load_dlib_backbone(model)
@@ -323,9 +308,11 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     train_data, val_data = _load_data(config, architecture)
     embeddings = class_embeddings_for(config, train_data.class_names)
     model = build_training_model(config, architecture, embeddings).to(device).to(memory_format=torch.channels_last)
-    head = build_pmfer_head(config, model, train_data.class_names).to(device) if config.method == "pmfer" else None
-    # What the optimiser updates and the state holds: the model alone (ce, ke2nt: unchanged), or model and head.
-    trainable: nn.Module = model if head is None else nn.ModuleDict({"model": model, "pmfer": head})
+    method = get_method(config.method)
+    extra = method.extra(config, model, train_data.class_names).to(device) if method.extra else None
+    # What the optimiser updates and the state holds: the model alone, or the model and the method's
+    # training-only module under the method's name.
+    trainable: nn.Module = model if extra is None else nn.ModuleDict({"model": model, method.name: extra})
     criterion = KE2NTLoss(
         neutral_index=train_data.class_names.index("neutral"),
         transform_weight=config.transform_weight,
@@ -384,16 +371,16 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
             images = augment(normalise_batch(train_data.images[index], architecture, device))
             targets, labels = targets_all[index].to(device), labels_all[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                if head is not None:
+                if extra is not None and extra.needs_feature_map:
                     emotional, feature_map = forward_with_feature_map(model, images)
                 else:
-                    emotional = model.encode_image(images)
+                    emotional, feature_map = model.encode_image(images), None
                 neutral = model.neutral_transform(emotional) if model.neutral_transform is not None else None
             logits = model.logits_from_features(emotional)
             parts = criterion(logits, targets, labels, emotional, neutral, model.class_embeddings)
-            if head is not None:
-                parts.update(head.losses(feature_map, emotional, labels, model.class_embeddings, mask_rng))
-                parts["total"] = parts["total"] + parts["pmfer"]
+            if extra is not None:
+                parts.update(extra.losses(feature_map, emotional, labels, model.class_embeddings, mask_rng))
+                parts["total"] = parts["total"] + parts[method.name]
             optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
             optimizer.step()
@@ -436,5 +423,5 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         class_names=train_data.class_names,
         class_embeddings=embeddings,
         config=config,
-        prompts=class_prompts_for(config, train_data.class_names) if config.method != "ce" else None,
+        prompts=method.prompts(train_data.class_names, config) if method.uses_text else None,
     )

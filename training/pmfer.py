@@ -31,14 +31,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fermon.text import TextEncoder
-from fermon.vocab import action_unit_phrases, load_data_file
+from training.methods import Method, register_method
+from training.text import TextEncoder
+from training.vocabulary import action_unit_phrases, prompt_templates
+
+if TYPE_CHECKING:
+    from fermon.model import KE2NT
+    from training.loop import TrainConfig
 
 PHRASE_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
@@ -48,7 +54,7 @@ PHRASE_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
 def au_prompt(phrases: Sequence[str]) -> str:
     """A fine-grained prompt from action-unit phrases ("a, b and c"); no phrases: the bare template."""
-    templates = load_data_file("prompts.json")["templates"]
+    templates = prompt_templates()
     if not phrases:
         return templates["au_none"]
     joined = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
@@ -192,6 +198,8 @@ def modal_adversarial_loss(
 class PMFERHead(nn.Module):
     """Everything PMFER adds for training: masked-prompt table, phrase embeddings, predictor, discriminator."""
 
+    needs_feature_map = True  # the masked phrase is predicted from the backbone's spatial tokens
+
     def __init__(
         self,
         masked: MaskedPrompts,
@@ -254,3 +262,30 @@ def forward_with_feature_map(model: nn.Module, images: torch.Tensor) -> tuple[to
     # timm's forward is forward_head(forward_features(x)); split here so the map is not computed twice.
     feature_map = model.backbone.forward_features(images)
     return model.projection(model.backbone.forward_head(feature_map)), feature_map
+
+
+# ---------------------------------------------------------------- the method's registry entry
+
+
+def build_pmfer_head(config: TrainConfig, model: KE2NT, class_names: list[str]) -> PMFERHead:
+    """PMFER's training-only parts; kept outside the model so checkpoints stay ordinary KE2NT ones."""
+    from training.text import create_text_encoder
+
+    return PMFERHead.create(
+        class_names,
+        create_text_encoder(config.text_encoder),
+        int(model.backbone.num_features),
+        center_text=config.center_text,
+        mask_weight=config.mask_weight,
+        adversarial_weight=config.adversarial_weight,
+    )
+
+
+register_method(
+    Method(
+        "pmfer",
+        "PMFER: action-unit prompts, masked-phrase prediction and a modal-adversarial term",
+        lambda class_names, config: class_au_prompts(class_names),
+        extra=build_pmfer_head,
+    )
+)

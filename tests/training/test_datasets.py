@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from fermon.errors import InputError, UsageError
-from fermon.vocab import canonical_classes, code_to_class_index, dataset_classes
+from fermon.vocab import canonical_classes
 from tests.fixtures import write_affectnet, write_ferplus, write_folder, write_rafdb
 from training.datasets import read_dataset
+from training.vocabulary import code_to_class_index, dataset_classes
 
 CANONICAL = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fermon.checkpoint import load_checkpoint
-from fermon.vocab import action_unit_phrases, dataset_classes
 from tests.fixtures import FERPLUS_ROWS, write_ferplus
 from training.__main__ import app
 from training.pmfer import (
@@ -25,6 +24,7 @@ from training.pmfer import (
     phrase_logits,
     spatial_tokens,
 )
+from training.vocabulary import action_unit_phrases, dataset_classes
 
 CLASSES = dataset_classes("ferplus")
 

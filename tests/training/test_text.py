@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from fermon.errors import ModelError
-from fermon.text import create_text_encoder
-from fermon.vocab import canonical_classes, class_prompts
+from fermon.vocab import canonical_classes
+from training.text import create_text_encoder
+from training.vocabulary import class_prompts
 
 TINY_CLIP = {
     "embed_dim": 32,

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from fermon.checkpoint import load_checkpoint
 from tests.fixtures import FERPLUS_ROWS, write_ferplus
 from training.__main__ import app
+from training.methods import get_method, method_names
 
 runner = CliRunner()
 
@@ -25,7 +26,7 @@ def ferplus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("method", ["ke2nt", "ce"])
+@pytest.mark.parametrize("method", method_names())  # every registered method: a new one is tested by adding it
 def test_train_one_epoch_exports_a_checkpoint_that_evaluate_reads(
     ferplus_root: Path, tmp_path: Path, method: str
 ) -> None:
@@ -53,6 +54,8 @@ def test_train_one_epoch_exports_a_checkpoint_that_evaluate_reads(
     assert result.exit_code == 0, result.output
     checkpoint = load_checkpoint(out)
     assert checkpoint.metadata["method"] == method
+    # What the export keeps follows the method's declaration: prompts only where text made the classes.
+    assert (checkpoint.metadata["prompts"] is not None) == get_method(method).uses_text
     assert checkpoint.metadata["training"]["selected_on"] == "valid"
     assert checkpoint.temperature > 0
     assert (tmp_path / "state" / "metrics.jsonl").read_text().count("\n") == 1
