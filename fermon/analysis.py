@@ -213,7 +213,17 @@ def summarize_session(
     for name in FLAGS:
         row[f"flag_{name}"] = bool(flags[name])
     row["quality_flags"] = ";".join(name for name in FLAGS if flags[name])
+    row |= clinical_facts(metadata)
     return row
+
+
+CLINICAL_COLUMNS = ("patient_id", "start_time")
+
+
+def clinical_facts(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A session's patient (from a study manifest) and wall-clock start (UTC), from its footer."""
+    start = ((metadata or {}).get("clock") or {}).get("start")
+    return {"patient_id": (metadata or {}).get("patient_id"), "start_time": start}  # ISO: rows are stored as JSON
 
 
 def summary_columns(class_names: list[str]) -> list[str]:
@@ -226,16 +236,19 @@ def summary_columns(class_names: list[str]) -> list[str]:
         "dominant_expression",
         *(f"flag_{f}" for f in FLAGS),
         "quality_flags",
+        *CLINICAL_COLUMNS,
     ]
 
 
 def summary_frame(rows: list[dict[str, Any]], class_names: list[str]) -> pd.DataFrame:
     """Summary rows as a typed DataFrame (one row per session, sorted by session id)."""
     frame = pd.DataFrame(rows, columns=summary_columns(class_names))
-    types: dict[str, Any] = {"session_id": "string", "quality_flags": "string"}
+    types: dict[str, Any] = {"session_id": "string", "quality_flags": "string", "patient_id": "string"}
+    types["start_time"] = "datetime64[us, UTC]"
     types |= {c: "int64" for c in ("videos", "sampled_frames", "covered_frames", "decode_gaps")}
     types |= {f"flag_{f}": "bool" for f in FLAGS}
     types["dominant_expression"] = pd.CategoricalDtype(class_names)
+    frame["start_time"] = pd.to_datetime(frame["start_time"], utc=True, format="ISO8601")
     for column in frame.columns:
         frame[column] = frame[column].astype(types.get(column, "float64"))
     return frame.sort_values("session_id", kind="stable").reset_index(drop=True)

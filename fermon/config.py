@@ -36,6 +36,7 @@ class ProcessOptions:
     session_by: str = "file"
     segment_samples: int = SEGMENT_SAMPLES
     threads: int | None = None  # detection threads per worker; None: the cores available
+    manifest: str | None = None  # a study manifest (fermon.manifest): sessions, patients, starts
 
     def validate(self) -> None:
         """Raise UsageError, naming the option, for any value that cannot work."""
@@ -72,6 +73,7 @@ class ProcessOptions:
         config = asdict(self)
         config["checkpoint"] = "default" if self.checkpoint == "default" else Path(self.checkpoint).name
         config["model_dir"] = Path(self.model_dir).name if self.model_dir else None
+        config["manifest"] = Path(self.manifest).name if self.manifest else None
         return config
 
 

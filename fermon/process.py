@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fermon import storage
+from fermon.archives import SCRATCH_DIR, remove_scratch
 from fermon.config import ModelIdentity, ProcessOptions, resolve_models
 from fermon.errors import OutputError, RunInterruptedError, UsageError
 from fermon.ledger import FolderLock, Ledger, file_fingerprint, json_fingerprint
+from fermon.manifest import inputs_from_manifest
 from fermon.runners import ClusterChoice, DaskRun, gpu_resources, run_in_process
 from fermon.timeline import remove_stale_temporaries
 from fermon.video import Session, VideoFile, find_inputs, quick_duration
@@ -37,6 +39,7 @@ class RunSummary:
     known_bad: list[str] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
     not_videos: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # archive members not read, one-line reasons
 
     @property
     def failed_videos(self) -> list[dict[str, str]]:
@@ -58,7 +61,8 @@ def _input_fingerprint(session: Session) -> tuple[str, str | None]:
     An unreadable file is fingerprinted by what stat says of it, so that an unchanged one is known
     to be bad on the next night and a changed one (new permissions, new content) is retried."""
     try:
-        return json_fingerprint([[v.relative, file_fingerprint(v.path)] for v in session.videos]), None
+        files = [[v.relative, file_fingerprint(v.path)] for v in session.videos]
+        return json_fingerprint(files + _clinical_fingerprint(session)), None
     except OSError as error:
         try:
             stats = [[v.relative, *_size_and_mtime(v.path)] for v in session.videos]
@@ -66,6 +70,15 @@ def _input_fingerprint(session: Session) -> tuple[str, str | None]:
             stats = []
         reason = error.strerror or error
         return f"unreadable-{json_fingerprint(stats)}", f"{session.videos[0].relative}: unreadable ({reason})"
+
+
+def _clinical_fingerprint(session: Session) -> list:
+    """What a manifest says of a session (patient, starts), so that changing it reprocesses the
+    session; empty without a manifest, so that older ledgers' fingerprints still hold."""
+    if session.patient_id is None and not session.starts:
+        return []
+    starts = {name: start.isoformat() for name, start in sorted(session.starts.items())}
+    return [["manifest", session.patient_id, starts]]
 
 
 def _size_and_mtime(path: Path | str) -> list[int]:
@@ -194,7 +207,22 @@ def run_process(
     out = out_dir if storage.is_url(out_dir) else Path(out_dir)
     state = _output_state(out)
     found = find_inputs(inputs, options.session_by)
-    summary = RunSummary(not_videos=found.skipped)
+    if options.manifest:
+        if options.session_by != "file":
+            emit(
+                {
+                    "event": "warning",
+                    "message": "--session-by is not used with --manifest: the manifest sets the sessions",
+                }
+            )
+        found, warnings = inputs_from_manifest(found, Path(options.manifest))
+        for message in warnings:
+            emit({"event": "warning", "message": message})
+    for message in found.refused:
+        emit({"event": "warning", "message": message})
+    scratch = str(state.resolve() / SCRATCH_DIR)  # on the client's disk, also for an output URL
+    found.sessions = [replace(s, scratch=scratch) if any(v.member for v in s.videos) else s for s in found.sessions]
+    summary = RunSummary(not_videos=found.skipped, refused=found.refused)
     for name in found.skipped:
         emit({"event": "file_skipped", "file": name, "reason": "not a video"})
     identity = resolve_models(options)
@@ -203,6 +231,7 @@ def run_process(
     with FolderLock(state):
         if not storage.is_url(out):
             remove_stale_temporaries(out)
+        remove_scratch(state)  # archive members a killed run had extracted
         ledger = Ledger(state)
         try:
             planned = _plan(found.sessions, ledger, out, config_fp, force, retry_failed)
@@ -268,7 +297,9 @@ def _record_and_run(
             "todo": len(todo) + len(planned.unreadable),
             "up_to_date": len(planned.up_to_date),
             "known_bad": len(planned.known_bad),
-            "video_s": sum(quick_duration(video) or 0.0 for session in todo for video in session.videos),
+            "video_s": sum(
+                quick_duration(video) or 0.0 for session in todo for video in session.videos if video.member is None
+            ),  # archive members are not extracted to be measured: progress learns their length later
         }
     )
     record = _Recorder(ledger, summary, emit)

@@ -22,14 +22,17 @@ from fermon.errors import OutputError
 METADATA_KEY = b"fermon"
 TIMELINES_DIR = "timelines"
 BBOX_COLUMNS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+WALL_TIME = pa.timestamp("us", tz="UTC")
 
 
 def timeline_schema(class_names: list[str], metadata: dict[str, Any] | None = None) -> pa.Schema:
     fields = [
         pa.field("session_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string()),  # from a study manifest; null without one
         pa.field("video", pa.string(), nullable=False),
         pa.field("frame_index", pa.int64(), nullable=False),
         pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("wall_time", WALL_TIME),  # null where the recording's start is unknown
         pa.field("face_detected", pa.bool_(), nullable=False),
         pa.field("track_id", pa.int32()),
         pa.field("is_target", pa.bool_(), nullable=False),
@@ -116,9 +119,12 @@ def build_table(columns: dict[str, np.ndarray | list], class_names: list[str], m
     """
     schema = timeline_schema(class_names, metadata)
     face = np.asarray(columns["face_detected"], bool)
+    columns = {**columns, **clinical_columns(np.asarray(columns["timestamp_s"], np.float64), metadata)}
     arrays = {}
     for field in schema:
-        if field.name == "label":
+        if isinstance(columns.get(field.name), pa.Array):
+            arrays[field.name] = columns[field.name]
+        elif field.name == "label":
             index = np.asarray(columns["label_index"], np.int32)
             arrays["label"] = pa.DictionaryArray.from_arrays(
                 pa.array(index, pa.int32(), mask=index < 0), pa.array(class_names, pa.string())
@@ -131,6 +137,20 @@ def build_table(columns: dict[str, np.ndarray | list], class_names: list[str], m
         else:
             arrays[field.name] = pa.array(columns[field.name], field.type)
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def clinical_columns(timestamps_s: np.ndarray, metadata: dict[str, Any]) -> dict[str, pa.Array]:
+    """``patient_id`` and ``wall_time`` (the session's start plus ``timestamp_s``, in whole microseconds
+    of UTC), from the footer's ``patient_id`` and ``clock``; nulls where those are unknown."""
+    count = len(timestamps_s)
+    start = (metadata.get("clock") or {}).get("start")
+    if start is None:
+        wall = pa.nulls(count, WALL_TIME)
+    else:
+        origin = np.datetime64(start.rstrip("Z"), "us").astype(np.int64)
+        wall = pa.array(origin + np.round(timestamps_s * 1e6).astype(np.int64), pa.int64()).cast(WALL_TIME)
+    patient = metadata.get("patient_id")
+    return {"patient_id": pa.array([patient] * count, pa.string()), "wall_time": wall}
 
 
 def timeline_path(out_dir: Path, session_id: str) -> Path:

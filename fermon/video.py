@@ -11,11 +11,13 @@ import functools
 import os
 import queue
 import re
+import struct
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -60,20 +62,28 @@ class VideoFile:
 
     path: Path | str  # a local path, or an fsspec URL (see fermon.storage)
     relative: str  # POSIX path relative to the input root: the only form written to outputs
+    member: str | None = None  # inside the archive at ``path`` (fermon.archives): extracted when processed
 
 
 @dataclass
 class Session:
-    """One timeline: one video, or a folder's videos as consecutive chunks of one time axis."""
+    """One timeline: one video, or a folder's videos as chunks of one time axis.
+
+    A study manifest (``fermon.manifest``) adds the patient and, per video (by its relative path), when
+    its recording started; chunks are then placed on the time axis by those starts (``fermon.clock``)."""
 
     session_id: str
     videos: list[VideoFile]
+    patient_id: str | None = None
+    starts: dict[str, datetime] = field(default_factory=dict)  # relative path -> start (with its UTC offset)
+    scratch: str | None = None  # where its archive members are extracted (set by the run, under its lock)
 
 
 @dataclass
 class Inputs:
     sessions: list[Session]
     skipped: list[str] = field(default_factory=list)  # relative paths of files that are not videos
+    refused: list[str] = field(default_factory=list)  # archive members not read, each a one-line reason
 
 
 @dataclass
@@ -160,8 +170,11 @@ def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
     A path may also be an fsspec URL string (a prefix or one object: see fermon.storage)."""
     if session_by not in ("file", "folder"):
         raise UsageError(f"--session-by must be 'file' or 'folder', not {session_by!r}")
+    from fermon.archives import is_archive, list_archive
+
     videos: list[VideoFile] = []
     skipped: list[str] = []
+    refused: list[str] = []
     for given in paths:
         if storage.is_url(given):
             _find_under_url(str(given), videos, skipped)
@@ -171,11 +184,16 @@ def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
         root, files = (given, list(_walk(given))) if given.is_dir() else (given.parent, [given])
         for file in files:
             relative = file.relative_to(root).as_posix()
-            if is_video_candidate(file):
+            if is_archive(file):  # read as a folder of its own name
+                listing = list_archive(file, relative)
+                videos += listing.videos
+                skipped += listing.skipped
+                refused += listing.refused
+            elif is_video_candidate(file):
                 videos.append(VideoFile(file, relative))
             else:
                 skipped.append(relative)
-    return Inputs(group_sessions(videos, session_by), skipped)
+    return Inputs(group_sessions(videos, session_by), skipped, refused)
 
 
 def _find_under_url(url: str, videos: list[VideoFile], skipped: list[str]) -> None:
@@ -187,8 +205,11 @@ def _find_under_url(url: str, videos: list[VideoFile], skipped: list[str]) -> No
             skipped.append(relative)
 
 
-def _folder_of(video: VideoFile) -> Path | str:
-    """The folder a video is in, as a grouping key: resolved for paths, as given for URLs."""
+def _folder_of(video: VideoFile) -> Path | str | tuple[Path, str]:
+    """The folder a video is in, as a grouping key: resolved for paths, as given for URLs; for an
+    archive member (fermon.archives), the archive and the member's folder inside it."""
+    if video.member is not None:
+        return (Path(video.path).resolve(), _parent(video.relative))
     return storage.parent_of(video.path) if storage.is_url(video.path) else Path(video.path).parent.resolve()
 
 
@@ -201,12 +222,17 @@ def group_sessions(videos: list[VideoFile], session_by: str) -> list[Session]:
     if session_by == "file":
         ids = _unique([session_id_for(v.relative) for v in videos])
         return [Session(sid, [v]) for sid, v in zip(ids, videos, strict=True)]
-    groups: dict[Path | str, list[VideoFile]] = {}
+    groups: dict[object, list[VideoFile]] = {}
     for video in videos:
         groups.setdefault(_folder_of(video), []).append(video)
-    members = [sorted(group, key=lambda v: storage.name_of(v.path)) for group in groups.values()]
+    members = [sorted(group, key=_name_in_folder) for group in groups.values()]
     names = [_safe(_parent(group[0].relative) or storage.name_of(_folder_of(group[0]))) for group in members]
     return [Session(sid, group) for sid, group in zip(_unique(names), members, strict=True)]
+
+
+def _name_in_folder(video: VideoFile) -> str:
+    """A video's file name, which orders a folder's chunks (a member's own, not its archive's)."""
+    return PurePosixPath(video.relative).name if video.member is not None else storage.name_of(video.path)
 
 
 def codec_of(path: Path | str) -> str:
@@ -220,6 +246,103 @@ def codec_of(path: Path | str) -> str:
     positions = {tag: data.find(tag) for tag in _CODEC_TAGS}
     found = [(pos, tag) for tag, pos in positions.items() if pos >= 0]
     return _CODEC_TAGS[min(found)[1]] if found else "unknown"
+
+
+# --------------------------------------------------------------------------- the recording's start
+
+_MP4_EPOCH = datetime(1904, 1, 1, tzinfo=timezone.utc)  # ISO-BMFF times count seconds from here
+_MKV_EPOCH = datetime(2001, 1, 1, tzinfo=timezone.utc)  # Matroska's DateUTC counts nanoseconds from here
+_MKV_SEGMENT, _MKV_INFO, _MKV_DATE, _MKV_CLUSTER = 0x18538067, 0x1549A966, 0x4461, 0x1F43B675
+_MAX_BOXES = 4096  # top-level boxes or elements walked before giving up on a strange file
+
+
+def creation_time(path: Path) -> datetime | None:
+    """When the recording started, from the container's own header (UTC), or None when it does not
+    say: the mp4/mov ``mvhd`` box's creation time, or Matroska/WebM's ``DateUTC``. decord does not
+    expose either. A zero (unset) creation time is None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            handle.seek(0)
+            if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
+                return _mp4_creation_time(handle)
+            if head[:4] == b"\x1a\x45\xdf\xa3":
+                return _matroska_date(handle)
+    except (OSError, struct.error, ValueError, OverflowError):
+        return None
+    return None
+
+
+def _mp4_boxes(handle, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the boxes from the handle's position up to ``end``."""
+    for _ in range(_MAX_BOXES):
+        start = handle.tell()
+        header = handle.read(8)
+        if len(header) < 8 or start >= end:
+            return
+        size, kind = struct.unpack(">I4s", header)
+        payload = start + 8
+        if size == 1:  # a 64-bit size follows
+            size = struct.unpack(">Q", handle.read(8))[0]
+            payload += 8
+        elif size == 0:  # to the end of the file
+            size = end - start
+        if size < payload - start:
+            return
+        yield kind, payload, min(start + size, end)
+        handle.seek(start + size)
+
+
+def _mp4_creation_time(handle) -> datetime | None:
+    end = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    for kind, payload, box_end in _mp4_boxes(handle, end):
+        if kind != b"moov":
+            continue
+        handle.seek(payload)
+        for child, child_payload, _ in _mp4_boxes(handle, box_end):
+            if child == b"mvhd":
+                handle.seek(child_payload)
+                version = handle.read(4)[0]
+                seconds = struct.unpack(">Q" if version == 1 else ">I", handle.read(8 if version == 1 else 4))[0]
+                return _MP4_EPOCH + timedelta(seconds=seconds) if seconds else None
+        return None
+    return None
+
+
+def _ebml_vint(handle, keep_marker: bool) -> tuple[int, bool]:
+    """An EBML variable-size integer, and whether it is the all-ones 'unknown size'."""
+    first = handle.read(1)
+    if not first:
+        raise ValueError("end of file")
+    length = 9 - first[0].bit_length()
+    if not 1 <= length <= 8:
+        raise ValueError("bad EBML number")
+    raw = first + handle.read(length - 1)
+    value = int.from_bytes(raw, "big")
+    if not keep_marker:
+        value &= (1 << (7 * length)) - 1
+    return value, value == (1 << (7 * length)) - 1
+
+
+def _matroska_date(handle) -> datetime | None:
+    """Walk EBML header, Segment, Info to DateUTC; stop at the first Cluster (media data)."""
+    end = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    for _ in range(_MAX_BOXES):
+        if handle.tell() >= end:
+            return None
+        element, _ = _ebml_vint(handle, keep_marker=True)
+        size, unknown = _ebml_vint(handle, keep_marker=False)
+        if element in (_MKV_SEGMENT, _MKV_INFO):
+            continue  # descend: their children follow
+        if element == _MKV_CLUSTER or unknown:
+            return None
+        if element == _MKV_DATE:
+            nanoseconds = int.from_bytes(handle.read(size), "big", signed=True)
+            return _MKV_EPOCH + timedelta(microseconds=nanoseconds // 1000)
+        handle.seek(size, os.SEEK_CUR)
+    return None
 
 
 def _first_line(error: BaseException, video: VideoFile) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fermon import __version__
+from fermon.clock import SessionClock, footer_clock, known_starts, place_chunks
 from fermon.config import ModelIdentity, ProcessOptions
 from fermon.errors import FermonError, InputError, ModelError
 from fermon.timeline import SampledFaces, build_table, face_columns, timeline_path, write_atomic
@@ -212,14 +213,26 @@ def _probe_all(session: Session) -> tuple[list[tuple[int, VideoFile, VideoInfo, 
 def _detect_session(
     session: Session, detector: Any, rows: _FaceRows, options: ProcessOptions, on_progress: ProgressSink
 ) -> tuple[list[dict], list[dict], list[dict[str, str]]]:
+    """Detect over the session's videos; archive members are extracted for just this long."""
+    from fermon.archives import extracted
+
+    with extracted(session) as local:
+        return _detect_videos(local, detector, rows, options, on_progress)
+
+
+def _detect_videos(
+    session: Session, detector: Any, rows: _FaceRows, options: ProcessOptions, on_progress: ProgressSink
+) -> tuple[list[dict], list[dict], list[dict[str, str]]]:
     from fermon.detect import available_cores, detect_in_parallel, detect_tracked, detect_whole
 
     good, failed_videos = _probe_all(session)
+    clock = _session_clock(session, good)
     progress = _Throttle(on_progress, sum(info.duration_s for _, _, info, _ in good))
     progress(0.0, final=True)
     infos, gaps = [], []
-    offset = 0.0
-    for number, video, info, starts in good:
+    done_s = 0.0  # seconds of video processed: progress, not the time axis (chunks may have gaps)
+    for place, (number, video, info, starts) in enumerate(good):
+        offset = clock.offsets_s[place]
         video_gaps: list[DecodeGap] = []
         # Decoding runs one thread ahead; detection runs on the remaining cores, in input order.
         batches = read_ahead(
@@ -233,13 +246,20 @@ def _detect_session(
                 batch.frame_indices, batch.timestamps_s, batch.frames, found, strict=True
             ):
                 rows.add(number, int(index), offset + float(stamp), frame, detections)
-                progress(offset + float(stamp))
-        infos.append({"video": video.relative, "offset_s": offset, **info.to_dict()})
+                progress(done_s + float(stamp))
+        infos.append({"video": video.relative, "offset_s": offset, **info.to_dict(), **clock.video_facts(place)})
         gaps += [{"video": video.relative, **asdict(gap)} for gap in video_gaps]
-        offset += info.duration_s
+        done_s += info.duration_s
     rows.flush()
-    progress(offset, final=True)
+    progress(done_s, final=True)
     return infos, gaps, failed_videos
+
+
+def _session_clock(session: Session, good: list[tuple[int, VideoFile, VideoInfo, np.ndarray]]) -> SessionClock:
+    """Where each good chunk sits on the session's axis, by the recordings' own starts when known."""
+    videos = [video for _, video, _, _ in good]
+    starts, source = known_starts(session, videos)
+    return place_chunks(starts, [info.duration_s for _, _, info, _ in good], source)
 
 
 def _track(faces: SampledFaces, target: str, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -329,4 +349,10 @@ def footer_metadata(
     }
     if failed_videos:  # only where a folder session lost a chunk: other footers stay as they were
         metadata["failed_videos"] = failed_videos
+    metadata |= clinical_metadata(session, infos)
     return metadata
+
+
+def clinical_metadata(session: Session, infos: list[dict]) -> dict[str, Any]:
+    """The footer's clinical facts: the patient (from a study manifest) and the wall clock."""
+    return {"patient_id": session.patient_id, "clock": footer_clock(session, infos)}

@@ -11,8 +11,15 @@ import numpy as np
 GREY = 128
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0, codec: str = "libx264") -> Path:
-    """Write RGB uint8 frames (all of one even size) to an mp4/avi/mkv file."""
+def write_video(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 10.0,
+    codec: str = "libx264",
+    creation_time: str | None = None,
+) -> Path:
+    """Write RGB uint8 frames (all of one even size) to an mp4/avi/mkv file; ``creation_time`` (ISO
+    8601, e.g. ``2026-03-29T00:30:00Z``) goes into the container's header as a camera would write it."""
     import imageio_ffmpeg
 
     frames = iter(frames)
@@ -21,7 +28,8 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float = 10.0, cod
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio_ffmpeg.write_frames(
         str(path), (width, height), fps=fps, codec=codec, macro_block_size=1, quality=None,
-        output_params=["-crf", "28", "-g", "10"] if codec == "libx264" else [],
+        output_params=(["-crf", "28", "-g", "10"] if codec == "libx264" else [])
+        + (["-metadata", f"creation_time={creation_time}"] if creation_time else []),
     )  # fmt: skip
     writer.send(None)
     writer.send(np.ascontiguousarray(first))

@@ -12,6 +12,7 @@ from typing import IO, Annotated, Any, Optional
 import typer
 
 from fermon.cli._common import exit_on_error
+from fermon.cli.report import EventsOption, EventWindowOption, NightOption, TimezoneOption, clinical_options
 from fermon.detect import DEFAULT_MIN_FACE
 
 EX_OK = 0
@@ -63,6 +64,14 @@ class _Reporter:
             self._advance(event)
         elif not self.quiet and event["event"] == "session_failed":
             typer.echo(f"fermon: failed: {event['error']}", err=True)
+        if not self.quiet and event["event"] == "warning":
+            self._warn(event["message"])
+
+    def _warn(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(f"warning: {message}", markup=False)
+        else:
+            typer.echo(f"fermon: warning: {message}", err=True)
 
     def _advance(self, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -194,6 +203,17 @@ def process(
             "--include-thumbnails", help="Session pages show each expression's most confident face (identifiable)."
         ),
     ] = False,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Study manifest CSV (video, patient_id, session_id, start): sets sessions, patients and "
+            "recording starts; videos it does not name are skipped."
+        ),
+    ] = None,
+    events: EventsOption = None,
+    event_window: EventWindowOption = None,
+    night: NightOption = None,
+    timezone: TimezoneOption = None,
 ) -> None:
     """Detect, track and classify faces in videos into DIR/timelines/<session>.parquet.
 
@@ -225,8 +245,10 @@ def process(
             threads=threads,
             batch_size=batch_size,
             session_by=session_by,
+            manifest=str(manifest) if manifest else None,
         )
         options.validate()
+        clinical = clinical_options(events, event_window, night, timezone)
         log = _open_log(log_json)
         reporter = _Reporter(quiet, log)
         stop = _StopOnSignal()
@@ -262,5 +284,5 @@ def process(
         from fermon.cli.report import run_reports
 
         with exit_on_error():
-            run_reports(out, quiet=quiet, thumbnails_from=inputs if include_thumbnails else None)
+            run_reports(out, quiet=quiet, thumbnails_from=inputs if include_thumbnails else None, clinical=clinical)
     raise typer.Exit(EX_DATAERR if summary.failed or summary.failed_videos else EX_OK)

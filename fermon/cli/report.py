@@ -14,6 +14,40 @@ from fermon.storage import join, location_of
 
 if TYPE_CHECKING:
     from fermon.report import ReportResult
+    from fermon.report.clinical import ClinicalOptions
+
+# The clinical options of both 'fermon process' and 'fermon report'; each is kept in DIR/clinical.json.
+EventsOption = Annotated[
+    Optional[Path],
+    typer.Option(help="Clinical events CSV (patient_id or session_id, time, event, end): drawn on session pages, "
+                 "peri-event figures in DIR/events.parquet."),
+]  # fmt: skip
+EventWindowOption = Annotated[
+    Optional[float], typer.Option(help="Minutes before and after each event to compare (default 10).")
+]
+NightOption = Annotated[
+    Optional[str], typer.Option(help="Night hours for DIR/patients.parquet, local time (default 22:00-06:00).")
+]
+TimezoneOption = Annotated[
+    Optional[str],
+    typer.Option(help="IANA zone for wall-clock times, e.g. Europe/Berlin (default: the manifest's UTC offsets)."),
+]
+
+
+def clinical_options(
+    events: Path | None, event_window: float | None, night: str | None, timezone: str | None
+) -> ClinicalOptions:
+    """The clinical options as given, checked now (before hours of processing). Raises FermonError."""
+    from fermon.events import parse_night, read_events, resolve_zone, window_minutes_to_seconds
+    from fermon.report.clinical import ClinicalOptions
+
+    if event_window is not None:
+        window_minutes_to_seconds(event_window)
+    if night is not None:
+        parse_night(night)
+    resolve_zone(timezone)
+    parsed = tuple(read_events(events)) if events is not None else None
+    return ClinicalOptions(parsed, events.name if events else None, event_window, night, timezone)
 
 
 def report(
@@ -35,6 +69,10 @@ def report(
         Optional[int], typer.Option(help="Processes for building many pages (default: one per CPU); 0 = none.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages.")] = False,
+    events: EventsOption = None,
+    event_window: EventWindowOption = None,
+    night: NightOption = None,
+    timezone: TimezoneOption = None,
 ) -> None:
     """Write DIR/reports/ (a page per session and index.html) and DIR/summary.parquet.
 
@@ -48,12 +86,14 @@ def report(
             raise UsageError("--videos is only used with --include-thumbnails")
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (in-process) or more")
+        clinical = clinical_options(events, event_window, night, timezone)
         run_reports(
             location_of(out),
             force=force,
             workers=workers,
             quiet=quiet,
             thumbnails_from=videos if include_thumbnails else None,
+            clinical=clinical,
         )
 
 
@@ -64,13 +104,14 @@ def run_reports(
     workers: int | None = None,
     quiet: bool = False,
     thumbnails_from: list[Path] | None = None,
+    clinical: ClinicalOptions | None = None,
 ) -> None:
     """Build the reports (one process per CPU by default) and say what was done; also used by
     ``fermon process`` after its run. Raises FermonError."""
     from fermon.report import build_reports
 
     count = (os.cpu_count() or 1) if workers is None else workers
-    result = build_reports(out, force=force, workers=count, thumbnails_from=thumbnails_from)
+    result = build_reports(out, force=force, workers=count, thumbnails_from=thumbnails_from, clinical=clinical)
     if not quiet:
         echo_result(out, result)
 
@@ -82,3 +123,9 @@ def echo_result(out: Path | str, result: ReportResult) -> None:
         f"{result.failed_inputs} failed input(s) listed; open {join(out, result.index)}",
         err=True,
     )
+    if result.unmatched_events:
+        typer.echo(
+            f"fermon: warning: {result.unmatched_events} event row(s) near no recording of their session or "
+            "patient: listed in events.parquet (in_recording false)",
+            err=True,
+        )

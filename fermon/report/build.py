@@ -32,14 +32,23 @@ from fermon.analysis import (
     timeline_files,
 )
 from fermon.errors import InputError, OutputError, UsageError
-from fermon.ledger import LEDGER_NAME, FolderLock
+from fermon.ledger import LEDGER_NAME, FolderLock, json_fingerprint
+from fermon.report.clinical import (
+    EVENTS_NAME,
+    PATIENTS_NAME,
+    SETTINGS_NAME,
+    ClinicalOptions,
+    ClinicalSettings,
+    load_settings,
+    patients_section,
+)
 from fermon.timeline import METADATA_KEY, TIMELINES_DIR
 
 REPORTS_DIR = "reports"
 SESSIONS_DIR = "sessions"
 SUMMARY_NAME = "summary.parquet"
 MANIFEST_NAME = "manifest.json"
-REPORT_FORMAT = 1  # bump when pages change, so that every page is rebuilt once
+REPORT_FORMAT = 2  # bump when pages change, so that every page is rebuilt once (2: clinical time)
 PAGES_PER_WORKER = 8  # below this many pages per process, starting processes costs more than it saves
 
 
@@ -51,6 +60,7 @@ class ReportResult:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed_inputs: int = 0
+    unmatched_events: int = 0  # events in no recording's span (or of no session): in events.parquet only
     seconds: float = 0.0
     index: str = f"{REPORTS_DIR}/index.html"
     summary: str = SUMMARY_NAME
@@ -162,10 +172,15 @@ def _session_gaps(metadata: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def build_session_page(
-    path: Path, page_path: Path, thresholds: QualityThresholds, video_roots: tuple[Path, ...] | None = None
-) -> tuple[dict[str, Any], list[str]]:
-    """Read one timeline, write its page; return its summary row and class names. With ``video_roots``
-    (--include-thumbnails) the page also shows faces decoded again from the recordings there."""
+    path: Path,
+    page_path: Path,
+    thresholds: QualityThresholds,
+    video_roots: tuple[Path, ...] | None = None,
+    clinical: ClinicalSettings | None = None,
+) -> tuple[dict[str, Any], list[str], dict[str, list]]:
+    """Read one timeline, write its page; return its summary row, class names and clinical facts
+    (event rows and day/night sums). With ``video_roots`` (--include-thumbnails) the page also shows
+    faces decoded again from the recordings there."""
     from fermon.report import pages, plots
 
     frame, metadata = read_timeline(path)
@@ -186,28 +201,50 @@ def build_session_page(
         from fermon.report.thumbnails import session_thumbnails
 
         thumbnails, missing = session_thumbnails(samples, class_names, video_roots)
-    html = pages.session_page(row, metadata, figures, gaps, thresholds_dict(thresholds), thumbnails, missing)
+    section, facts = _clinical_facts(samples, row, metadata, clinical or ClinicalSettings())
+    html = pages.session_page(
+        row, metadata, figures, gaps, thresholds_dict(thresholds), thumbnails, missing, clinical_html=section
+    )
     write_text_atomic(page_path, html)
-    return row, class_names
+    return row, class_names, facts
+
+
+def _clinical_facts(
+    samples: Any, row: dict[str, Any], metadata: dict[str, Any], settings: ClinicalSettings
+) -> tuple[str, dict[str, list]]:
+    """The page's clinical section, and what the cohort files need: event rows and day/night sums."""
+    from fermon.events import parse_night, session_event_rows, session_periods
+    from fermon.report.clinical import clinical_section, session_events, stored_event_rows
+
+    class_names = list(metadata["class_names"])
+    events = session_events(metadata, settings)
+    event_rows = session_event_rows(samples, metadata, row["duration_s"], events, settings.window_s, class_names)
+    periods = session_periods(samples, metadata, parse_night(settings.night), settings.zone, class_names)
+    section = clinical_section(samples, row, metadata, event_rows, settings)
+    return section, {"events": stored_event_rows(event_rows), "periods": periods}
 
 
 # --------------------------------------------------------------------------- the build
 
 
 def _build_pages(
-    jobs: list[tuple[str, Path, Path]], thresholds: QualityThresholds, workers: int, roots: tuple[Path, ...] | None
+    jobs: list[tuple[str, Path, Path]],
+    thresholds: QualityThresholds,
+    workers: int,
+    roots: tuple[Path, ...] | None,
+    clinical: ClinicalSettings | None = None,
 ) -> list:
-    """(row, class names) per job, in order; in worker processes when there are many pages."""
+    """(row, class names, clinical facts) per job, in order; in worker processes when there are many pages."""
     count = min(workers, len(jobs) // PAGES_PER_WORKER)
     if count < 2:
-        return [build_session_page(path, page_path, thresholds, roots) for _, path, page_path in jobs]
+        return [build_session_page(path, page_path, thresholds, roots, clinical) for _, path, page_path in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: the caller may hold torch/OpenMP or Dask threads that a fork would copy mid-state.
     # (spawn re-imports the caller's __main__, which must be guarded: hence no workers by default.)
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(build_session_page, path, page, thresholds, roots) for _, path, page in jobs]
+        futures = [pool.submit(build_session_page, path, page, thresholds, roots, clinical) for _, path, page in jobs]
         return [future.result() for future in futures]
 
 
@@ -218,6 +255,7 @@ def build_reports(
     thresholds: QualityThresholds | None = None,
     workers: int = 0,
     thumbnails_from: list[Path] | None = None,
+    clinical: ClinicalOptions | None = None,
 ) -> ReportResult:
     """Write ``reports/sessions/<id>.html``, ``reports/index.html`` and ``summary.parquet`` in ``out_dir``.
 
@@ -226,6 +264,9 @@ def build_reports(
     must then be guarded by ``if __name__ == "__main__"``); by default all are built in this process.
     ``thumbnails_from`` (the inputs given to ``fermon process``) adds each session's most confident
     face per expression to its page, decoded from the recordings; pages show no faces without it.
+    ``clinical`` (events, their window, night hours, time zone) replaces what ``DIR/clinical.json``
+    holds, which is kept for the next build; with events, ``events.parquet`` is written, and with
+    patients (a study manifest), ``patients.parquet``.
     Holds the output folder's lock, so it never runs beside ``fermon process`` on the same folder
     (raises :class:`fermon.errors.BusyError` then). Raises InputError without ``timelines/``.
     """
@@ -252,6 +293,8 @@ def build_reports(
     }
     result = ReportResult()
     with FolderLock(out_dir):
+        settings = (clinical or ClinicalOptions()).apply(load_settings(out_dir))
+        builder["clinical"] = json_fingerprint(settings.to_json())  # new events or zone: new pages
         recorded = {} if force else _load_manifest(reports / MANIFEST_NAME, builder)
         entries: dict[str, Any] = {}
         jobs, stamps = [], {}
@@ -264,20 +307,52 @@ def build_reports(
                 result.unchanged.append(session_id)
             else:
                 jobs.append((session_id, path, page_path))
-        for (session_id, _, _), (row, class_names) in zip(jobs, _build_pages(jobs, thresholds, workers, roots)):
-            entries[session_id] = {"timeline": stamps[session_id], "row": row, "class_names": class_names}
+        for (session_id, _, _), (row, class_names, facts) in zip(
+            jobs, _build_pages(jobs, thresholds, workers, roots, settings)
+        ):
+            entries[session_id] = {"timeline": stamps[session_id], "row": row, "class_names": class_names, **facts}
             result.built.append(session_id)
         result.removed = _remove_stale_pages(reports / SESSIONS_DIR, set(files))
         rows = [entries[s]["row"] for s in sorted(entries)]
         class_names = _class_union(entries.values())
         failures = read_failures(out_dir)
         write_summary(out_dir / SUMMARY_NAME, rows, class_names, thresholds_dict(thresholds))
-        write_text_atomic(reports / "index.html", pages.index_page(rows, class_names, failures))
+        patients = _write_clinical(out_dir, entries, class_names, settings, result)
+        patients_html = patients_section(rows, patients, settings)
+        write_text_atomic(reports / "index.html", pages.index_page(rows, class_names, failures, patients_html))
         manifest = {"builder": builder, "sessions": entries}
         write_text_atomic(reports / MANIFEST_NAME, json.dumps(manifest, sort_keys=True))
     result.failed_inputs = len(failures)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _write_parquet(path: Path, frame: Any) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    _replace_atomic(path, lambda temporary: pq.write_table(table, temporary, compression="zstd"))
+
+
+def _write_clinical(
+    out_dir: Path, entries: dict[str, Any], class_names: list[str], settings: ClinicalSettings, result: ReportResult
+) -> Any:
+    """``clinical.json`` (for the next build), ``events.parquet`` when there are events and
+    ``patients.parquet`` when there are patients; a file with nothing to say is removed, not left stale."""
+    from fermon.events import events_frame, patients_frame, unmatched_event_rows
+
+    write_text_atomic(out_dir / SETTINGS_NAME, json.dumps(settings.to_json(), indent=1, sort_keys=True))
+    rows = [r for entry in entries.values() for r in entry.get("events", [])]
+    rows += unmatched_event_rows(settings.events, {r["event_line"] for r in rows})
+    result.unmatched_events = sum(1 for r in rows if r.get("session_id") is None or not r.get("in_recording"))
+    if settings.events:
+        _write_parquet(out_dir / EVENTS_NAME, events_frame(rows, class_names))
+    else:
+        (out_dir / EVENTS_NAME).unlink(missing_ok=True)
+    patients = patients_frame([p for entry in entries.values() for p in entry.get("periods", [])], class_names)
+    if len(patients):
+        _write_parquet(out_dir / PATIENTS_NAME, patients)
+    else:
+        (out_dir / PATIENTS_NAME).unlink(missing_ok=True)
+    return patients
 
 
 def _class_union(entries: Any) -> list[str]:

@@ -154,9 +154,11 @@ def session_page(
     thresholds: Mapping[str, float],
     thumbnails: Sequence[Any] | None = None,
     missing_videos: Sequence[str] = (),
+    clinical_html: str = "",
 ) -> str:
     """One session's page: figures, quality flags and provenance; faces only when ``thumbnails`` is
-    given (a list, possibly empty: built with --include-thumbnails)."""
+    given (a list, possibly empty: built with --include-thumbnails); ``clinical_html`` (wall clock,
+    patient, events: fermon.report.clinical) after the quality facts."""
     sid = str(row["session_id"])
     class_names = list(metadata.get("class_names") or [])
     facts = [
@@ -201,7 +203,7 @@ def session_page(
 target face counts as not covered. Shaded red bands mark segments that failed to decode.</p>
 <h2>Quality</h2><p>{flags_html(row)}</p><p class="muted">{escape(rules)}</p>
 <div class="wide"><table>{facts_html}</table></div>
-{thumbnails_html(thumbnails, missing_videos)}
+{clinical_html}{thumbnails_html(thumbnails, missing_videos)}
 {figures_html(figures, {"shares": shares})}<h2>Segments that failed to decode</h2>
 {gaps_html}
 {provenance_html(metadata)}
@@ -271,9 +273,13 @@ def _cell(text: str, sort_value: Any, numeric: bool = False) -> str:
 
 
 def index_page(
-    rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], failures: Sequence[Mapping[str, Any]]
+    rows: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    failures: Sequence[Mapping[str, Any]],
+    patients_html: str = "",
 ) -> str:
-    """The cohort index: one sortable row per session, then the inputs whose last attempt failed."""
+    """The cohort index: one sortable row per session, the sessions by patient (``patients_html``,
+    from fermon.report.clinical), then the inputs whose last attempt failed."""
     headers = ["session", "duration", "sampled", "coverage", "dominant", "confidence", "several faces", "flags"]
     headers += [f"{c} (share)" for c in class_names]
     numeric = {1, 2, 3, 5, 6} | set(range(8, len(headers)))
@@ -317,7 +323,7 @@ def index_page(
 Report built {built} by fermon {escape(__version__)}. Click a column header to sort. The same figures are in
 <code>summary.parquet</code> beside this folder.</p>
 {sessions}
-<h2>Failed inputs</h2>
+{patients_html}<h2>Failed inputs</h2>
 <p class="muted">Sessions whose latest processing attempt failed or was interrupted, from the run ledger.</p>
 {failed}
 """
