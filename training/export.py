@@ -31,9 +31,14 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def crop_metadata(template_name: str, colour: str) -> dict[str, Any]:
+def crop_metadata(template_name: str, colour: str, size: int | None = None) -> dict[str, Any]:
+    """The face crop a checkpoint's network takes: the template's points scaled to its input ``size``
+    (a 48 px template framing a 112 px network's input), so that run time crops what training saw."""
     template = crop_template(template_name)
-    return {"template": template_name, "size": template["size"], "points": template["points"], "colour": colour}
+    size = int(size or template["size"])
+    scale = size / float(template["size"])
+    points = [[x * scale, y * scale] for x, y in template["points"]]
+    return {"template": template_name, "size": size, "points": points, "colour": colour}
 
 
 def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, half: bool = True) -> dict[str, Any]:
@@ -59,7 +64,7 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
         "prompts": result.prompts,
         "text_encoder": config.text_encoder if uses_text else None,
         "text_centered": config.center_text if uses_text else None,
-        "crop": crop_metadata(architecture.crop, architecture.colour),
+        "crop": crop_metadata(architecture.crop, architecture.colour, architecture.input_size),
         "temperature": temperature,
         "fermon_version": fermon.__version__,
         "training": {

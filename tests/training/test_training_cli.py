@@ -141,3 +141,15 @@ def test_evaluate_via_detector_recrops_real_faces_like_the_video_path(
     report = json.loads(out.read_text())
     assert report["faces_total"] == 3 and report["faces_detected"] == 2 and report["n"] == 2
     assert 0.0 <= report["image_path_accuracy_same_faces"] <= 1.0
+
+
+def test_the_exported_crop_is_the_networks_input_size() -> None:
+    from fermon.vocab import crop_template
+    from training.export import crop_metadata
+
+    template = crop_template("ferplus48")
+    same = crop_metadata("ferplus48", "gray")
+    assert same["size"] == template["size"] and np.allclose(same["points"], template["points"])
+    scaled = crop_metadata("ferplus48", "gray", 112)  # dlib112 trains on FERPlus framing at 112 px
+    assert scaled["size"] == 112
+    assert np.allclose(np.asarray(scaled["points"]), np.asarray(template["points"]) * 112 / template["size"])
