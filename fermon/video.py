@@ -256,19 +256,20 @@ _MKV_SEGMENT, _MKV_INFO, _MKV_DATE, _MKV_CLUSTER = 0x18538067, 0x1549A966, 0x446
 _MAX_BOXES = 4096  # top-level boxes or elements walked before giving up on a strange file
 
 
-def creation_time(path: Path) -> datetime | None:
+def creation_time(path: Path | str) -> datetime | None:
     """When the recording started, from the container's own header (UTC), or None when it does not
     say: the mp4/mov ``mvhd`` box's creation time, or Matroska/WebM's ``DateUTC``. decord does not
-    expose either. A zero (unset) creation time is None."""
+    expose either. A zero (unset) creation time is None. Reads a few small ranges of an object at a
+    URL, not the whole video."""
     try:
-        with open(path, "rb") as handle:
+        with storage.open_binary(path, block_size=1 << 16) as handle:
             head = handle.read(12)
             handle.seek(0)
             if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
                 return _mp4_creation_time(handle)
             if head[:4] == b"\x1a\x45\xdf\xa3":
                 return _matroska_date(handle)
-    except (OSError, struct.error, ValueError, OverflowError):
+    except (OSError, InputError, struct.error, ValueError, OverflowError):
         return None
     return None
 

@@ -90,3 +90,20 @@ def test_unknown_start_leaves_wall_time_null(tmp_path: Path, astronaut: np.ndarr
     frame = pd.read_parquet(out / "timelines" / "plain.parquet")
     assert frame["wall_time"].isna().all() and frame["patient_id"].isna().all()
     assert read_metadata(out / "timelines" / "plain.parquet")["clock"]["source"] is None
+
+
+@pytest.mark.slow
+def test_creation_time_of_an_object_in_a_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs at URLs (fermon.storage) get their start from their header too, read in small ranges."""
+    from tests.fermon.s3server import fresh_s3, s3_server
+
+    with s3_server() as environment:
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        fs = fresh_s3()
+        fs.mkdir("fermon-clock", exist_ok=True)
+        for suffix in (".mp4", ".mkv"):
+            clip = write_video(tmp_path / f"c{suffix}", blank_frames(0.5, 10), creation_time="2026-03-29T00:59:58Z")
+            fs.pipe_file(f"fermon-clock/c{suffix}", clip.read_bytes())
+            assert creation_time(f"s3://fermon-clock/c{suffix}") == datetime(2026, 3, 29, 0, 59, 58, tzinfo=UTC)
+        assert creation_time("s3://fermon-clock/missing.mp4") is None
