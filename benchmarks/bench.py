@@ -32,8 +32,9 @@ import fermon
 from fermon.classify import cpu_has_amx
 from fermon.config import ProcessOptions, resolve_models
 from fermon.detect import available_cores, detect_in_parallel, detect_tracked, detector_scale
+from fermon.inputs import Session, find_inputs
 from fermon.process import run_process
-from fermon.video import Session, find_inputs, iter_batches, probe, read_ahead, sample_indices
+from fermon.video import iter_batches, probe, read_ahead, sample_indices
 from fermon.worker import cached_models, process_session
 
 

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fermon.video import find_inputs, iter_batches, probe, sample_indices
+from fermon.inputs import find_inputs
+from fermon.video import iter_batches, probe, sample_indices
 
 FERMON = [sys.executable, "-c", "from fermon.cli import main; main()"]
 

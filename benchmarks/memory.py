@@ -19,8 +19,9 @@ from pathlib import Path
 
 import psutil
 
+from fermon.inputs import find_inputs
 from fermon.process import ProcessOptions, run_process
-from fermon.video import find_inputs, probe
+from fermon.video import probe
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from fermon.errors import DataError
-from fermon.video import VIDEO_SUFFIXES, Session, VideoFile
+from fermon.inputs import VIDEO_SUFFIXES, Session, VideoFile
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 SCRATCH_DIR = ".fermon-tmp"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from fermon.video import Session, VideoFile, creation_time
+from fermon.containers import creation_time
+from fermon.inputs import Session, VideoFile
 
 MANIFEST, CONTAINER, FOLLOWS = "manifest", "container", "follows"
 # Cameras with an unset clock write 1970 or 2000; such a creation time says nothing about the recording.

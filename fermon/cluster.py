@@ -26,7 +26,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from fermon import __version__, storage
 from fermon.config import ModelIdentity, ProcessOptions
 from fermon.errors import FermonError, InputError, ModelError, OutputError, UsageError
-from fermon.video import Session
+from fermon.inputs import Session
 
 PROBE_PREFIX = ".fermon-probe-"  # hidden and ending in .tmp: readers skip it, a rerun removes a stale one
 # ProcessOptions fields that name a file the workers need, shipped like the checkpoint; a field this

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from fermon.errors import DataError, UsageError
-from fermon.video import Inputs, Session, VideoFile
+from fermon.inputs import Inputs, Session, VideoFile
 
 REQUIRED_COLUMNS = ("video", "patient_id", "session_id")
 OPTIONAL_COLUMNS = ("start",)

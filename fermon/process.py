@@ -18,11 +18,12 @@ from fermon import storage
 from fermon.archives import SCRATCH_DIR, remove_scratch
 from fermon.config import ModelIdentity, ProcessOptions, resolve_models
 from fermon.errors import OutputError, RunInterruptedError, UsageError
+from fermon.inputs import Session, VideoFile, find_inputs
 from fermon.ledger import FolderLock, Ledger, file_fingerprint, json_fingerprint
 from fermon.manifest import inputs_from_manifest
 from fermon.runners import ClusterChoice, DaskRun, gpu_resources, run_in_process
 from fermon.timeline import remove_stale_temporaries
-from fermon.video import Session, VideoFile, find_inputs, quick_duration
+from fermon.video import quick_duration
 from fermon.worker import FAILED_INPUT, STOP, SessionResult, process_session
 
 Event = dict[str, Any]

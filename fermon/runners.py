@@ -26,7 +26,7 @@ from typing import Any
 from fermon import storage
 from fermon.config import ModelIdentity, ProcessOptions
 from fermon.errors import OutputError
-from fermon.video import Session
+from fermon.inputs import Session
 from fermon.worker import FAILED_RUN, STOP, SessionResult, SessionStoppedError, process_session
 
 ResultSink = Callable[[SessionResult], None]

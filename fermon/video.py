@@ -1,4 +1,4 @@
-"""Stage: find video inputs, probe them, and decode sampled frames in bounded segments with decord.
+"""Stage: probe videos and decode sampled frames in bounded segments with decord.
 
 decord leaks native memory on long videos and raises on damaged stretches, so the reader is reopened
 per segment and frames are fetched in small batches; a batch that fails is skipped and reported.
@@ -11,79 +11,26 @@ import functools
 import os
 import queue
 import re
-import struct
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path, PurePosixPath
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from fermon import storage
-from fermon.errors import DataError, InputError, UsageError
+from fermon.containers import codec_of
+from fermon.errors import DataError, InputError
+from fermon.inputs import VideoFile
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 SEGMENT_SAMPLES = 600  # sampled frames per VideoReader instance
 BATCH_SAMPLES = 8  # frames per get_batch call: the unit that is skipped when decoding fails
 
-# Codec tags searched in the container header; decord does not report the codec.
-_CODEC_TAGS = {
-    b"avc1": "h264",
-    b"avc3": "h264",
-    b"hvc1": "hevc",
-    b"hev1": "hevc",
-    b"mp4v": "mpeg4",
-    b"vp09": "vp9",
-    b"av01": "av1",
-    b"V_MPEG4/ISO/AVC": "h264",
-    b"V_MPEGH/ISO/HEVC": "hevc",
-    b"V_VP9": "vp9",
-    b"V_VP8": "vp8",
-    b"V_AV1": "av1",
-    b"H264": "h264",
-    b"h264": "h264",
-    b"XVID": "mpeg4",
-    b"FMP4": "mpeg4",
-    b"MJPG": "mjpeg",
-}
-
-
 # decord prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ", sometimes twice.
 _LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
-
-
-@dataclass(frozen=True)
-class VideoFile:
-    """A video found among the inputs: where it is, and its path relative to the input root."""
-
-    path: Path | str  # a local path, or an fsspec URL (see fermon.storage)
-    relative: str  # POSIX path relative to the input root: the only form written to outputs
-    member: str | None = None  # inside the archive at ``path`` (fermon.archives): extracted when processed
-
-
-@dataclass
-class Session:
-    """One timeline: one video, or a folder's videos as chunks of one time axis.
-
-    A study manifest (``fermon.manifest``) adds the patient and, per video (by its relative path), when
-    its recording started; chunks are then placed on the time axis by those starts (``fermon.clock``)."""
-
-    session_id: str
-    videos: list[VideoFile]
-    patient_id: str | None = None
-    starts: dict[str, datetime] = field(default_factory=dict)  # relative path -> start (with its UTC offset)
-    scratch: str | None = None  # where its archive members are extracted (set by the run, under its lock)
-
-
-@dataclass
-class Inputs:
-    sessions: list[Session]
-    skipped: list[str] = field(default_factory=list)  # relative paths of files that are not videos
-    refused: list[str] = field(default_factory=list)  # archive members not read, each a one-line reason
 
 
 @dataclass
@@ -118,232 +65,6 @@ class DecodeGap:
     start_s: float
     end_s: float
     reason: str
-
-
-def looks_like_video(path: Path | str) -> bool:
-    """Magic bytes of ISO-BMFF (mp4/mov/m4v), Matroska/WebM and AVI containers."""
-    try:
-        with storage.open_binary(path, block_size=4096) as handle:
-            head = handle.read(12)
-    except OSError:
-        return False
-    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
-
-
-def is_video_candidate(path: Path | str) -> bool:
-    """A video suffix, or video content under another name. A corrupt file with a video suffix stays a
-    candidate so that it is reported as failed rather than silently skipped."""
-    suffix = PurePosixPath(storage.name_of(path)).suffix if storage.is_url(path) else Path(path).suffix
-    return suffix.lower() in VIDEO_SUFFIXES or looks_like_video(path)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(folder) / name
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("._") or "session"
-
-
-def session_id_for(relative: str) -> str:
-    """A file-name-safe id from a relative path: 'ward 3/pt01.mp4' -> 'ward_3__pt01'."""
-    path = PurePosixPath(relative)
-    return _safe(path.with_suffix("").as_posix() if path.suffix else relative)
-
-
-def _unique(ids: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in ids:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        out.append(name if count == 0 else f"{name}-{count + 1}")
-    return out
-
-
-def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
-    """Video files among the given files and folders (searched recursively), grouped into sessions.
-    A path may also be an fsspec URL string (a prefix or one object: see fermon.storage)."""
-    if session_by not in ("file", "folder"):
-        raise UsageError(f"--session-by must be 'file' or 'folder', not {session_by!r}")
-    from fermon.archives import is_archive, list_archive
-
-    videos: list[VideoFile] = []
-    skipped: list[str] = []
-    refused: list[str] = []
-    for given in paths:
-        if storage.is_url(given):
-            _find_under_url(str(given), videos, skipped)
-            continue
-        if not given.exists():
-            raise InputError(f"{given}: no such file or folder")
-        root, files = (given, list(_walk(given))) if given.is_dir() else (given.parent, [given])
-        for file in files:
-            relative = file.relative_to(root).as_posix()
-            if is_archive(file):  # read as a folder of its own name
-                listing = list_archive(file, relative)
-                videos += listing.videos
-                skipped += listing.skipped
-                refused += listing.refused
-            elif is_video_candidate(file):
-                videos.append(VideoFile(file, relative))
-            else:
-                skipped.append(relative)
-    return Inputs(group_sessions(videos, session_by), skipped, refused)
-
-
-def _find_under_url(url: str, videos: list[VideoFile], skipped: list[str]) -> None:
-    _, files = storage.walk(url)
-    for location, relative in files:
-        if is_video_candidate(location):
-            videos.append(VideoFile(location, relative))
-        else:
-            skipped.append(relative)
-
-
-def _folder_of(video: VideoFile) -> Path | str | tuple[Path, str]:
-    """The folder a video is in, as a grouping key: resolved for paths, as given for URLs; for an
-    archive member (fermon.archives), the archive and the member's folder inside it."""
-    if video.member is not None:
-        return (Path(video.path).resolve(), _parent(video.relative))
-    return storage.parent_of(video.path) if storage.is_url(video.path) else Path(video.path).parent.resolve()
-
-
-def _parent(relative: str) -> str:
-    return relative.rsplit("/", 1)[0] if "/" in relative else ""
-
-
-def group_sessions(videos: list[VideoFile], session_by: str) -> list[Session]:
-    """``file``: a session per video. ``folder``: a session per folder, its videos in name order."""
-    if session_by == "file":
-        ids = _unique([session_id_for(v.relative) for v in videos])
-        return [Session(sid, [v]) for sid, v in zip(ids, videos, strict=True)]
-    groups: dict[object, list[VideoFile]] = {}
-    for video in videos:
-        groups.setdefault(_folder_of(video), []).append(video)
-    members = [sorted(group, key=_name_in_folder) for group in groups.values()]
-    names = [_safe(_parent(group[0].relative) or storage.name_of(_folder_of(group[0]))) for group in members]
-    return [Session(sid, group) for sid, group in zip(_unique(names), members, strict=True)]
-
-
-def _name_in_folder(video: VideoFile) -> str:
-    """A video's file name, which orders a folder's chunks (a member's own, not its archive's)."""
-    return PurePosixPath(video.relative).name if video.member is not None else storage.name_of(video.path)
-
-
-def codec_of(path: Path | str) -> str:
-    """The video codec named in the container header (first and last MiB), or 'unknown'."""
-    size = storage.size_of(path)
-    with storage.open_binary(path) as handle:
-        data = handle.read(1 << 20)
-        if size > 2 << 20:
-            handle.seek(size - (1 << 20))
-            data += handle.read()
-    positions = {tag: data.find(tag) for tag in _CODEC_TAGS}
-    found = [(pos, tag) for tag, pos in positions.items() if pos >= 0]
-    return _CODEC_TAGS[min(found)[1]] if found else "unknown"
-
-
-# --------------------------------------------------------------------------- the recording's start
-
-_MP4_EPOCH = datetime(1904, 1, 1, tzinfo=timezone.utc)  # ISO-BMFF times count seconds from here
-_MKV_EPOCH = datetime(2001, 1, 1, tzinfo=timezone.utc)  # Matroska's DateUTC counts nanoseconds from here
-_MKV_SEGMENT, _MKV_INFO, _MKV_DATE, _MKV_CLUSTER = 0x18538067, 0x1549A966, 0x4461, 0x1F43B675
-_MAX_BOXES = 4096  # top-level boxes or elements walked before giving up on a strange file
-
-
-def creation_time(path: Path | str) -> datetime | None:
-    """When the recording started, from the container's own header (UTC), or None when it does not
-    say: the mp4/mov ``mvhd`` box's creation time, or Matroska/WebM's ``DateUTC``. decord does not
-    expose either. A zero (unset) creation time is None. Reads a few small ranges of an object at a
-    URL, not the whole video."""
-    try:
-        with storage.open_binary(path, block_size=1 << 16) as handle:
-            head = handle.read(12)
-            handle.seek(0)
-            if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
-                return _mp4_creation_time(handle)
-            if head[:4] == b"\x1a\x45\xdf\xa3":
-                return _matroska_date(handle)
-    except (OSError, InputError, struct.error, ValueError, OverflowError):
-        return None
-    return None
-
-
-def _mp4_boxes(handle, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, payload end) of the boxes from the handle's position up to ``end``."""
-    for _ in range(_MAX_BOXES):
-        start = handle.tell()
-        header = handle.read(8)
-        if len(header) < 8 or start >= end:
-            return
-        size, kind = struct.unpack(">I4s", header)
-        payload = start + 8
-        if size == 1:  # a 64-bit size follows
-            size = struct.unpack(">Q", handle.read(8))[0]
-            payload += 8
-        elif size == 0:  # to the end of the file
-            size = end - start
-        if size < payload - start:
-            return
-        yield kind, payload, min(start + size, end)
-        handle.seek(start + size)
-
-
-def _mp4_creation_time(handle) -> datetime | None:
-    end = handle.seek(0, os.SEEK_END)
-    handle.seek(0)
-    for kind, payload, box_end in _mp4_boxes(handle, end):
-        if kind != b"moov":
-            continue
-        handle.seek(payload)
-        for child, child_payload, _ in _mp4_boxes(handle, box_end):
-            if child == b"mvhd":
-                handle.seek(child_payload)
-                version = handle.read(4)[0]
-                seconds = struct.unpack(">Q" if version == 1 else ">I", handle.read(8 if version == 1 else 4))[0]
-                return _MP4_EPOCH + timedelta(seconds=seconds) if seconds else None
-        return None
-    return None
-
-
-def _ebml_vint(handle, keep_marker: bool) -> tuple[int, bool]:
-    """An EBML variable-size integer, and whether it is the all-ones 'unknown size'."""
-    first = handle.read(1)
-    if not first:
-        raise ValueError("end of file")
-    length = 9 - first[0].bit_length()
-    if not 1 <= length <= 8:
-        raise ValueError("bad EBML number")
-    raw = first + handle.read(length - 1)
-    value = int.from_bytes(raw, "big")
-    if not keep_marker:
-        value &= (1 << (7 * length)) - 1
-    return value, value == (1 << (7 * length)) - 1
-
-
-def _matroska_date(handle) -> datetime | None:
-    """Walk EBML header, Segment, Info to DateUTC; stop at the first Cluster (media data)."""
-    end = handle.seek(0, os.SEEK_END)
-    handle.seek(0)
-    for _ in range(_MAX_BOXES):
-        if handle.tell() >= end:
-            return None
-        element, _ = _ebml_vint(handle, keep_marker=True)
-        size, unknown = _ebml_vint(handle, keep_marker=False)
-        if element in (_MKV_SEGMENT, _MKV_INFO):
-            continue  # descend: their children follow
-        if element == _MKV_CLUSTER or unknown:
-            return None
-        if element == _MKV_DATE:
-            nanoseconds = int.from_bytes(handle.read(size), "big", signed=True)
-            return _MKV_EPOCH + timedelta(microseconds=nanoseconds // 1000)
-        handle.seek(size, os.SEEK_CUR)
-    return None
 
 
 def _first_line(error: BaseException, video: VideoFile) -> str:

@@ -24,7 +24,8 @@ from fermon.config import ModelIdentity, ProcessOptions
 from fermon.errors import FermonError, InputError, ModelError
 from fermon.timeline import SampledFaces, build_table, face_columns, timeline_path, write_atomic
 from fermon.track import choose_targets, link_tracks
-from fermon.video import DecodeGap, Session, VideoFile, VideoInfo, iter_batches, probe, read_ahead, sample_indices
+from fermon.inputs import Session, VideoFile
+from fermon.video import DecodeGap, VideoInfo, iter_batches, probe, read_ahead, sample_indices
 
 # How a session failed: because of its files (unreadable, empty, corrupt: not retried until they
 # change) or because of the machine or the run (a worker died, out of memory, a bug: retried).

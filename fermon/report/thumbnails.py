@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from fermon.errors import FermonError
+from fermon.inputs import VideoFile
 from fermon.timeline import BBOX_COLUMNS
-from fermon.video import VideoFile, open_reader
+from fermon.video import open_reader
 
 THUMBNAIL_PX = 96  # height of a thumbnail
 MARGIN = 0.25  # of the face box's size, on each side

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from fermon.archives import MAX_RATIO, SCRATCH_DIR, extracted, list_archive
+from fermon.inputs import find_inputs
 from fermon.process import ProcessOptions, run_process
-from fermon.video import find_inputs
 from tests.videos import astronaut_face, moving_face_frames, write_video
 
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from fermon.cli import app
 from fermon.errors import DataError, UsageError
+from fermon.inputs import VideoFile
 from fermon.manifest import apply_manifest, read_manifest
 from fermon.timeline import read_metadata
-from fermon.video import VideoFile
 from tests.videos import astronaut_face, moving_face_frames, write_video
 
 HEADER = "video,patient_id,session_id,start\n"

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from fermon import storage
 from fermon.cli import app
+from fermon.inputs import VideoFile, find_inputs
 from fermon.ledger import LEDGER_NAME, file_fingerprint
 from fermon.process import ProcessOptions, run_process
-from fermon.video import VideoFile, find_inputs, open_reader, probe
+from fermon.video import open_reader, probe
 from tests.fermon.s3server import ACCESS_KEY, SECRET_KEY, fresh_s3, s3_server
 from tests.videos import write_bad_files, write_clip_set, write_video
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from fermon.clock import CONTAINER, FOLLOWS, MANIFEST, place_chunks
+from fermon.containers import creation_time
 from fermon.process import ProcessOptions, run_process
 from fermon.timeline import read_metadata
-from fermon.video import creation_time
 from tests.videos import astronaut_face, blank_frames, moving_face_frames, write_video
 
 UTC = timezone.utc
