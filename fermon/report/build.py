@@ -189,13 +189,7 @@ def build_session_page(
     row = summarize_session(samples, class_names, metadata, thresholds)
     gaps = _session_gaps(metadata)
     fps = float(metadata.get("sampling_fps") or 0.0)
-    sid = row["session_id"]
-    figures = {
-        "expressions": plots.expression_figure(samples, class_names, fps, gaps, f"{sid}-e"),
-        "shares": plots.share_figure({c: row[f"share_{c}"] for c in class_names}, class_names, f"{sid}-s"),
-        "coverage": plots.coverage_figure(samples, gaps, f"{sid}-c"),
-        "detection": plots.detection_figure(samples, f"{sid}-d"),
-    }
+    figures = plots.session_figures(samples, row, class_names, fps, gaps)  # one entry per plots.SESSION_FIGURES
     thumbnails, missing = None, []
     if video_roots is not None:
         from fermon.report.thumbnails import session_thumbnails
