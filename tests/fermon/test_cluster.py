@@ -1,5 +1,5 @@
 """Across machines: a real Dask scheduler and a worker in its own mount namespace, where a fresh
-tmpfs hides the client's /tmp (the checkpoint, the test's videos and folders), so the worker shares
+tmpfs hides the test's temporary folders (the checkpoint, the videos, local outputs), so the worker shares
 nothing with the client but loopback. Inputs and outputs are in a real S3-compatible server."""
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def cluster(s3):
-    """``dask scheduler`` on loopback and one ``dask worker`` whose /tmp is a fresh tmpfs."""
+def cluster(s3, tmp_path_factory: pytest.TempPathFactory):
+    """``dask scheduler`` on loopback and one ``dask worker`` that sees an empty tmpfs where the tests'
+    temporary folders are. Only those are hidden: the repository (wherever a clone lies, /tmp included)
+    stays visible, so the worker runs the same fermon."""
+    hidden = tmp_path_factory.getbasetemp()
     reason = _private_mounts_work()
     if reason:
         pytest.skip(reason)
@@ -80,7 +83,8 @@ def cluster(s3):
         stderr=subprocess.DEVNULL,
     )
     worker_command = (
-        f"mount -t tmpfs tmpfs /tmp && exec {bin_dir / 'dask'} worker {address} --nthreads 2 --no-nanny --no-dashboard"
+        f"mount -t tmpfs tmpfs '{hidden}' && exec {bin_dir / 'dask'} worker {address} --nthreads 2 --no-nanny"
+        " --no-dashboard"
     )
     worker = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", worker_command],
@@ -176,7 +180,7 @@ def test_a_worker_that_writes_elsewhere_than_the_client_is_refused(
     fs, _ = s3
     inputs = upload(fs, clips, f"{BUCKET}/cluster-in-2/clinic")
     with pytest.raises(OutputError, match=r"^worker tcp://127\.0\.0\.1:\d+ cannot read the output location ") as raised:
-        run_process([inputs], tmp_path / "out", options, scheduler=cluster)  # /tmp: the worker has its own
+        run_process([inputs], tmp_path / "out", options, scheduler=cluster)  # the worker sees an empty folder there
     assert raised.value.exit_code == 73
     assert not (tmp_path / "out" / "timelines").exists()
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".fermon-probe")] == []
