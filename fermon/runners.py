@@ -110,7 +110,7 @@ def _run_on_threads(
     concurrency: int,
 ) -> None:
     """Several sessions at once; results and progress reach the caller in this (the main) thread."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import ThreadPoolExecutor
 
     from fermon.detect import available_cores
 
@@ -126,29 +126,26 @@ def _run_on_threads(
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="fermon-session") as pool:
         futures = {pool.submit(task, session): session for session in todo}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            _drain(progress, on_progress)
-            for future in done:
-                result = _result_of(future, futures[future])
-                if result is not None:
-                    on_result(result)
-            if STOP.is_set():
-                for future in pending:
-                    future.cancel()  # those not started; running ones stop at their next batch
-                # Record the sessions that finish while the running ones wind down.
-                for future in _finished(pending):
-                    if (result := _result_of(future, futures[future])) is not None:
-                        on_result(result)
-                return
+        # On a stop, sessions not started are cancelled and running ones stop at their next batch;
+        # the ones that finish while they wind down are still recorded.
+        _collect(futures, progress, on_result, on_progress, _wait_threads, finish_on_stop=True)
 
 
-def _finished(futures: set) -> list:
-    from concurrent.futures import wait
+def _wait_threads(pending: set) -> tuple[set, set]:
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    done, _ = wait(futures)
-    return [future for future in done if not future.cancelled()]
+    done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+    return set(done), set(pending)
+
+
+def _wait_dask(pending: set) -> tuple[set, set]:
+    from distributed import wait
+
+    try:
+        done, pending = wait(pending, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+    except TimeoutError:  # nothing finished within the poll: look at progress and stop requests
+        return set(), pending
+    return set(done), set(pending)
 
 
 def gpu_resources(device: str) -> dict[str, float] | None:
@@ -251,7 +248,7 @@ class DaskRun:
                 ): session
                 for session in todo
             }
-            _collect(futures, progress, on_result, on_progress)
+            _collect(futures, progress, on_result, on_progress, _wait_dask, finish_on_stop=False)
         finally:
             client.unsubscribe_topic(topic)
 
@@ -271,26 +268,42 @@ def run_on_dask(
         run.run(todo, on_result, on_progress)
 
 
-def _collect(futures: dict, progress: queue.Queue, on_result: ResultSink, on_progress: ProgressEvent) -> None:
-    """Hand on results and progress as they come, until all are in or a stop is requested."""
-    from distributed import wait
-
+def _collect(
+    futures: dict,
+    progress: queue.Queue,
+    on_result: ResultSink,
+    on_progress: ProgressEvent,
+    wait_some: Callable[[set], tuple[set, set]],
+    finish_on_stop: bool,
+) -> None:
+    """Hand on results and progress as they come, until all are in or a stop is requested; then
+    cancel what has not started and, with ``finish_on_stop``, wait for the rest and record it."""
     pending = set(futures)
     while pending:
-        try:
-            done, pending = wait(pending, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
-        except TimeoutError:  # nothing finished within the poll: look at progress and stop requests
-            done = set()
+        done, pending = wait_some(pending)
         _drain(progress, on_progress)
-        for future in done:
-            result = _result_of(future, futures[future])
-            if result is not None:
-                on_result(result)
+        _hand_on(done, futures, on_result)
         if STOP.is_set():
             for future in pending:
                 future.cancel()
+            if finish_on_stop:
+                _hand_on(_wait_all(pending), futures, on_result)
             return
     _drain(progress, on_progress)
+
+
+def _wait_all(futures: set) -> set:
+    from concurrent.futures import wait
+
+    done, _ = wait(futures)
+    return {future for future in done if not future.cancelled()}
+
+
+def _hand_on(done: set, futures: dict, on_result: ResultSink) -> None:
+    for future in done:
+        result = _result_of(future, futures[future])
+        if result is not None:
+            on_result(result)
 
 
 def _drain(progress: queue.Queue, on_progress: ProgressEvent) -> None:
