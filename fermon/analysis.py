@@ -177,9 +177,13 @@ def summarize_session(
     """The summary row of one session from its per-sample view (see :func:`target_samples`)."""
     thresholds = thresholds or QualityThresholds()
     session_id = str(samples["session_id"].iloc[0])
-    sampled = len(samples)
+    counts = (metadata or {}).get("samples") or {}
+    # The footer's count of sampled frames, when there is one: the rows given may be only some of them
+    # (the target's, say), and coverage must not depend on which rows an analyst kept.
+    sampled = int(counts.get("count", len(samples)))
     covered = samples[samples["covered"]]
     coverage = len(covered) / sampled if sampled else 0.0
+    several = counts["with_several_faces"] if "with_several_faces" in counts else int((samples["faces"] >= 2).sum())
     gaps = list((metadata or {}).get("decode_gaps") or [])
     row: dict[str, Any] = {
         "session_id": session_id,
@@ -189,7 +193,7 @@ def summarize_session(
         "sampled_frames": sampled,
         "covered_frames": len(covered),
         "coverage": coverage,
-        "multi_face_share": float((samples["faces"] >= 2).mean()) if sampled else 0.0,
+        "multi_face_share": several / sampled if sampled else 0.0,
         "mean_det_score": float(covered["det_score"].mean()) if len(covered) else np.nan,
         "mean_confidence": float(covered["confidence"].mean()) if len(covered) else np.nan,
         "decode_gaps": len(gaps),
@@ -259,18 +263,36 @@ def summarize(frame: pd.DataFrame, thresholds: QualityThresholds | None = None) 
     (``share_<class>``), mean probability per class over covered frames (``mean_prob_<class>``),
     dominant expression and quality flags (``flag_<name>`` and a ``;``-joined ``quality_flags``).
 
-    A sample counts as covered when it has a target face; expression figures use target faces only.
-    Durations and decode gaps come from ``frame.attrs`` when the frame came from
-    :func:`read_timelines`; otherwise the duration is the sampled span.
+    A sample counts as covered when it has a target face (the patient's person); expression figures
+    use target faces only. When the frame came from :func:`read_timelines`, ``frame.attrs`` (which
+    pandas keeps through row selections) gives each session's duration, decode gaps and number of
+    sampled frames, so ``summarize(df)`` and ``summarize(df[df.is_target])`` agree, and every session
+    read appears, also one whose rows were all filtered away (a session without the patient: coverage
+    0). To summarise fewer sessions, read fewer (``read_timelines(..., sessions=)``) or select rows of
+    the result. Without attrs the duration is the sampled span and only sessions with rows appear.
     """
     class_names = class_names_of(frame)
     metadata = frame.attrs.get(SESSIONS_ATTR) or {}
     samples = target_samples(frame)
+    groups = dict(tuple(samples.groupby("session_id", sort=True, observed=True)))
+    groups = {str(session_id): group for session_id, group in groups.items()}
+    for session_id in metadata:
+        if session_id not in groups:
+            groups[session_id] = _no_rows(samples, session_id)
     rows = [
-        summarize_session(group, class_names, metadata.get(str(session_id)), thresholds)
-        for session_id, group in samples.groupby("session_id", sort=True, observed=True)
+        summarize_session(groups[session_id], class_names, metadata.get(session_id), thresholds)
+        for session_id in sorted(groups)
     ]
     return summary_frame(rows, class_names)
+
+
+def _no_rows(samples: pd.DataFrame, session_id: str) -> pd.DataFrame:
+    """A per-sample view with one uncovered row, for a session none of whose rows were given."""
+    row = samples.iloc[:0].reindex([0])
+    row["session_id"] = session_id
+    row["covered"] = False
+    row["faces"] = 0
+    return row
 
 
 def thresholds_dict(thresholds: QualityThresholds) -> dict[str, float]:

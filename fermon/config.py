@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fermon.detect import DEFAULT_MIN_FACE
-from fermon.errors import UsageError
+from fermon.errors import InputError, UsageError
 from fermon.track import TARGET_MODES
 from fermon.video import SEGMENT_SAMPLES
 
@@ -36,6 +36,8 @@ class ProcessOptions:
     session_by: str = "file"
     segment_samples: int = SEGMENT_SAMPLES
     threads: int | None = None  # detection threads per worker; None: the cores available
+    target_reference: str | None = None  # a photo of the patient: the person nearest it is the target
+    identity: bool = True  # False: no face-recognition model; tracks join into persons by position only
     manifest: str | None = None  # a study manifest (fermon.manifest): sessions, patients, starts
 
     def validate(self) -> None:
@@ -56,9 +58,18 @@ class ProcessOptions:
             raise UsageError("--device must be auto, cpu or cuda")
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be at least 1")
+        if self.target_reference is not None:
+            if not Path(self.target_reference).is_file():
+                raise InputError(f"{self.target_reference}: no such reference photo (--target-reference)")
+            if self.target != "largest":
+                raise UsageError("--target-reference chooses the target itself: leave out --target")
+            if not self.identity:
+                raise UsageError("--target-reference needs the identity model")
 
     def relevant(self) -> dict[str, Any]:
         """Options that change the rows written (device, batch size and workers do not)."""
+        from fermon.identity import IDENTITY_VERSION  # here: the identity stage's imports are not cheap
+
         return {
             "fps": float(self.fps),
             "target": self.target,
@@ -66,6 +77,9 @@ class ProcessOptions:
             "min_face": float(self.min_face),  # 64 and 64.0 are one setting
             "whole_frames": self.whole_frames,
             "session_by": self.session_by,
+            "identity": IDENTITY_VERSION if self.identity else None,
+            # The photo's content, not its name: another photo of the same name is another setting.
+            "target_reference_sha256": reference_sha256(self.target_reference) if self.target_reference else None,
         }
 
     def public(self) -> dict[str, Any]:
@@ -73,8 +87,20 @@ class ProcessOptions:
         config = asdict(self)
         config["checkpoint"] = "default" if self.checkpoint == "default" else Path(self.checkpoint).name
         config["model_dir"] = Path(self.model_dir).name if self.model_dir else None
+        # Its hash only: a photo's file name is often the patient's name.
+        config["target_reference"] = reference_sha256(self.target_reference) if self.target_reference else None
         config["manifest"] = Path(self.manifest).name if self.manifest else None
         return config
+
+
+def reference_sha256(path: str) -> str:
+    """The sha256 of a reference photo's bytes. Raises InputError when it cannot be read."""
+    from fermon.detect import file_sha256
+
+    try:
+        return file_sha256(Path(path))
+    except OSError as error:
+        raise InputError(f"{Path(path).name}: cannot read the reference photo ({error.strerror})") from error
 
 
 @dataclass(frozen=True)

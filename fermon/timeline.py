@@ -35,6 +35,7 @@ def timeline_schema(class_names: list[str], metadata: dict[str, Any] | None = No
         pa.field("wall_time", WALL_TIME),  # null where the recording's start is unknown
         pa.field("face_detected", pa.bool_(), nullable=False),
         pa.field("track_id", pa.int32()),
+        pa.field("person_id", pa.int32()),  # tracks of one person across the session (fermon.identity)
         pa.field("is_target", pa.bool_(), nullable=False),
         pa.field("det_score", pa.float32()),
         *(pa.field(name, pa.float32()) for name in BBOX_COLUMNS),
@@ -70,10 +71,12 @@ def face_columns(
     track_ids: np.ndarray,
     is_target: np.ndarray,
     class_names: Sequence[str],
+    person_ids: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | list]:
     """The timeline's columns: one row per face, or one empty row for a sample without faces.
 
-    ``track_ids`` and ``is_target`` hold one value per face, in the order of ``faces``."""
+    ``track_ids``, ``is_target`` and ``person_ids`` hold one value per face, in the order of ``faces``;
+    without ``person_ids`` each track is its own person."""
     per_sample = np.array([max(1, len(b)) for b in faces.boxes], np.int64)
     total = int(per_sample.sum())
     starts = np.cumsum(per_sample) - per_sample
@@ -91,6 +94,7 @@ def face_columns(
         "timestamp_s": np.repeat(np.asarray(faces.timestamps_s, np.float64), per_sample),
         "face_detected": face,
         "track_id": np.zeros(total, np.int32),
+        "person_id": np.zeros(total, np.int32),
         "is_target": np.zeros(total, bool),
         "det_score": nan.copy(),
         "label_index": np.full(total, -1, np.int32),
@@ -99,6 +103,7 @@ def face_columns(
     for name in (*BBOX_COLUMNS, *(f"prob_{c}" for c in class_names)):
         columns[name] = nan.copy()
     columns["track_id"][face_rows] = track_ids
+    columns["person_id"][face_rows] = track_ids if person_ids is None else person_ids
     columns["is_target"][face_rows] = is_target
     columns["det_score"][face_rows] = np.concatenate(faces.scores) if faces.scores else []
     boxes = faces.all_boxes()
@@ -129,8 +134,8 @@ def build_table(columns: dict[str, np.ndarray | list], class_names: list[str], m
             arrays["label"] = pa.DictionaryArray.from_arrays(
                 pa.array(index, pa.int32(), mask=index < 0), pa.array(class_names, pa.string())
             )
-        elif field.name == "track_id":
-            arrays["track_id"] = pa.array(np.asarray(columns["track_id"], np.int32), pa.int32(), mask=~face)
+        elif field.name in ("track_id", "person_id"):
+            arrays[field.name] = pa.array(np.asarray(columns[field.name], np.int32), pa.int32(), mask=~face)
         elif field.type == pa.float32():
             values = np.asarray(columns[field.name], np.float32)
             arrays[field.name] = pa.array(values, pa.float32(), mask=np.isnan(values))

@@ -1,11 +1,13 @@
-"""Stage: link faces across samples into tracks (greedy IoU), and mark the patient's track.
+"""Stage: link faces across samples into tracks (greedy IoU), and choose the target among groups of them.
 
-Pure geometry on small arrays: no I/O, no models.
+Pure geometry on small arrays: no I/O, no models. Tracks are joined into persons by
+:mod:`fermon.identity`; :func:`choose_targets` takes either ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,22 +50,53 @@ def affinity(boxes: np.ndarray, last: np.ndarray, min_iou: float = 0.3, max_shif
     return np.where(iou >= min_iou, iou, np.where(near, min_iou * (1 - shift / max_shift), 0.0)).astype(np.float32)
 
 
-def link_tracks(boxes_per_sample: Sequence[np.ndarray], min_iou: float = 0.3, max_gap: int = 5) -> list[np.ndarray]:
-    """A track id for every box of every sample (same order as given).
+@dataclass
+class TrackStats:
+    """What person linking needs of one track: when it was seen, where it began and ended, how often."""
 
-    Each box joins the live track it continues best (:func:`affinity`; greedy, best pair first); a
-    track not seen for more than ``max_gap`` samples ends, so a face that leaves and returns later
-    starts a new track rather than being joined to someone else's.
+    first_sample: int
+    last_sample: int
+    first_time: float
+    last_time: float
+    first_box: np.ndarray
+    last_box: np.ndarray
+    faces: int = 1
+
+    def overlaps(self, other: TrackStats) -> bool:
+        return self.first_sample <= other.last_sample and other.first_sample <= self.last_sample
+
+
+class Tracker:
+    """Greedy IoU tracking one sample at a time (see :func:`link_tracks`), for a session's loop.
+
+    After each :meth:`update`, ``ended`` holds the tracks that stopped being live at that sample (not
+    seen for more than ``max_gap`` samples), so that their per-track work can be finished while the
+    session goes on; :meth:`live` gives those still open. ``stats`` keeps a small record per track.
     """
-    last_box: dict[int, np.ndarray] = {}
-    last_seen: dict[int, int] = {}
-    next_id = 0
-    result = []
-    for sample, boxes in enumerate(boxes_per_sample):
-        live = [t for t in last_box if sample - last_seen[t] <= max_gap]
+
+    def __init__(self, min_iou: float = 0.3, max_gap: int = 5) -> None:
+        self.min_iou, self.max_gap = min_iou, max_gap
+        self.stats: dict[int, TrackStats] = {}
+        self.ended: list[int] = []
+        self._live: dict[int, None] = {}  # live track ids in creation order (ties in matching follow it)
+        self._sample = 0
+
+    def live(self) -> list[int]:
+        return list(self._live)
+
+    def update(self, boxes: np.ndarray, timestamp: float | None = None) -> np.ndarray:
+        """Track ids of this sample's boxes (N, 4), in the order given."""
+        sample = self._sample
+        self._sample += 1
+        stamp = float(sample if timestamp is None else timestamp)
+        self.ended = [t for t in self._live if sample - self.stats[t].last_sample > self.max_gap]
+        for track in self.ended:
+            del self._live[track]
+        live = list(self._live)
         ids = np.full(len(boxes), -1, np.int32)
         if live and len(boxes):
-            overlap = affinity(np.asarray(boxes, np.float32), np.stack([last_box[t] for t in live]), min_iou)
+            last = np.stack([self.stats[t].last_box for t in live])
+            overlap = affinity(np.asarray(boxes, np.float32), last, self.min_iou)
             for flat in np.argsort(-overlap, axis=None):
                 row, col = divmod(int(flat), len(live))
                 if overlap[row, col] <= 0:
@@ -71,37 +104,51 @@ def link_tracks(boxes_per_sample: Sequence[np.ndarray], min_iou: float = 0.3, ma
                 if ids[row] < 0 and live[col] not in ids:
                     ids[row] = live[col]
         for row in range(len(boxes)):
+            box = np.asarray(boxes[row], np.float32)
             if ids[row] < 0:
-                ids[row] = next_id
-                next_id += 1
-            last_box[int(ids[row])] = np.asarray(boxes[row], np.float32)
-            last_seen[int(ids[row])] = sample
-        result.append(ids)
-    return result
+                ids[row] = len(self.stats)
+                self.stats[int(ids[row])] = TrackStats(sample, sample, stamp, stamp, box, box, 0)
+                self._live[int(ids[row])] = None
+            stats = self.stats[int(ids[row])]
+            stats.last_sample, stats.last_time, stats.last_box = sample, stamp, box
+            stats.faces += 1
+        return ids
+
+
+def link_tracks(boxes_per_sample: Sequence[np.ndarray], min_iou: float = 0.3, max_gap: int = 5) -> list[np.ndarray]:
+    """A track id for every box of every sample (same order as given).
+
+    Each box joins the live track it continues best (:func:`affinity`; greedy, best pair first); a
+    track not seen for more than ``max_gap`` samples ends, so a face that leaves and returns later
+    starts a new track rather than being joined to someone else's. :class:`Tracker` does the same
+    one sample at a time.
+    """
+    tracker = Tracker(min_iou, max_gap)
+    return [tracker.update(boxes) for boxes in boxes_per_sample]
 
 
 def choose_targets(
-    track_ids: np.ndarray, boxes: np.ndarray, mode: str = "largest", frame_size: tuple[int, int] | None = None
+    group_ids: np.ndarray, boxes: np.ndarray, mode: str = "largest", frame_size: tuple[int, int] | None = None
 ) -> set[int]:
-    """The target track(s) among all face rows of a session.
+    """The target group(s) among all face rows of a session: groups are persons (or tracks), one id a row.
 
-    ``largest``: the track with the largest summed box area, that is size times presence (the patient is
+    ``largest``: the group with the largest summed box area, that is size times presence (the patient is
     usually nearest the camera and in view longest; a big face seen once does not outrank them).
-    ``center``: the track whose mean box centre is closest to the frame centre. ``all``: every track.
+    ``center``: the group whose mean box centre is closest to the frame centre. ``all``: every group.
     """
     if mode not in TARGET_MODES:
         raise ValueError(f"unknown target mode {mode!r}")
-    unique = np.unique(track_ids)
+    unique = np.unique(group_ids)
     if len(unique) == 0:
         return set()
     if mode == "all":
         return {int(t) for t in unique}
     if mode == "largest":
         areas = _areas(boxes)
-        scores = [float(np.sum(areas[track_ids == t])) for t in unique]
+        scores = [float(np.sum(areas[group_ids == t])) for t in unique]
         return {int(unique[int(np.argmax(scores))])}
     height, width = frame_size or (0, 0)
     centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
     middle = np.array([width / 2, height / 2], np.float32)
-    distances = [float(np.linalg.norm(centres[track_ids == t].mean(axis=0) - middle)) for t in unique]
+    distances = [float(np.linalg.norm(centres[group_ids == t].mean(axis=0) - middle)) for t in unique]
     return {int(unique[int(np.argmin(distances))])}

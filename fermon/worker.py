@@ -1,8 +1,10 @@
 """The worker's side of a run: one session from frames to a written timeline.
 
-A worker keeps its models loaded between sessions (``cached_models``), runs a session's loop
-(decode, detect, crop, classify, track), writes the timeline atomically, and returns a small
-:class:`SessionResult`. It reports progress through a callback and never touches the ledger.
+A worker keeps its models loaded between sessions (``cached_models``, ``cached_embedder``), runs a
+session's loop (decode, detect, crop, classify, track, and keep a few chips per live track), joins
+tracks into persons, writes the timeline atomically, and returns a small :class:`SessionResult`.
+It reports progress through a callback and never touches the ledger. Face descriptors stay in
+the worker's memory: nothing it returns or writes holds one.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from fermon import __version__
 from fermon.clock import SessionClock, footer_clock, known_starts, place_chunks
 from fermon.config import ModelIdentity, ProcessOptions
 from fermon.errors import FermonError, InputError, ModelError
+from fermon.identity import TrackIdentities
 from fermon.timeline import SampledFaces, build_table, face_columns, timeline_path, write_atomic
-from fermon.track import choose_targets, link_tracks
+from fermon.track import Tracker, choose_targets
 from fermon.inputs import Session, VideoFile
 from fermon.video import DecodeGap, VideoInfo, iter_batches, probe, read_ahead, sample_indices
 
@@ -125,13 +128,46 @@ def _load_models(identity: ModelIdentity, options: ProcessOptions) -> tuple[Any,
     return detector, classifier
 
 
+_EMBEDDER_CACHE: dict[str, Any] = {}
+_REFERENCE_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (path, content hash) -> descriptor, in memory
+
+
+def cached_embedder(options: ProcessOptions) -> Any:
+    """dlib's face-recognition ResNet for this process, or None when identity is off."""
+    if not options.identity:
+        return None
+    from fermon.classify import resolve_device
+    from fermon.identity import FaceEmbedder
+
+    device = resolve_device(options.device).type
+    with _MODEL_LOCK:
+        if device not in _EMBEDDER_CACHE:
+            _EMBEDDER_CACHE[device] = FaceEmbedder(device=device)
+        return _EMBEDDER_CACHE[device]
+
+
+def _reference(options: ProcessOptions, detector: Any, embedder: Any) -> np.ndarray | None:
+    """The patient photo's descriptor (--target-reference), computed once per process and photo."""
+    if options.target_reference is None:
+        return None
+    from fermon.config import reference_sha256
+    from fermon.identity import reference_descriptor
+
+    key = (options.target_reference, reference_sha256(options.target_reference))
+    with _MODEL_LOCK:
+        if key not in _REFERENCE_CACHE:
+            _REFERENCE_CACHE[key] = reference_descriptor(options.target_reference, detector, embedder)
+        return _REFERENCE_CACHE[key]
+
+
 # --------------------------------------------------------------------------- a session's loop
 
 
 class _FaceRows:
-    """Per-sample detections and (batched) classification, accumulated over a whole session."""
+    """Per-sample detections, track ids and (batched) classification, accumulated over a whole session,
+    and each live track's few best chips for identity (no per-sample chips)."""
 
-    def __init__(self, classifier: Any, spec: Any) -> None:
+    def __init__(self, classifier: Any, spec: Any, embedder: Any = None) -> None:
         self.classifier = classifier
         self.spec = spec
         self.sample_video: list[int] = []
@@ -139,18 +175,27 @@ class _FaceRows:
         self.sample_time: list[float] = []
         self.boxes: list[np.ndarray] = []  # per sample (N,4)
         self.scores: list[np.ndarray] = []
+        self.track_ids: list[np.ndarray] = []  # per sample (N,)
         self.probs: list[np.ndarray] = []  # per classified chunk
+        self.tracker = Tracker()
+        self.identities = TrackIdentities(embedder)
         self._pending: list[np.ndarray] = []
         self._pending_count = 0
 
     def add(self, video_number: int, frame_index: int, timestamp: float, frame: np.ndarray, detections: Any) -> None:
         from fermon.align import crop_faces
 
+        sample = len(self.sample_frame)
         self.sample_video.append(video_number)
         self.sample_frame.append(frame_index)
         self.sample_time.append(timestamp)
-        self.boxes.append(detections.boxes.astype(np.float32))
+        boxes = detections.boxes.astype(np.float32)
+        self.boxes.append(boxes)
         self.scores.append(detections.scores.astype(np.float32))
+        ids = self.tracker.update(boxes, timestamp)
+        self.track_ids.append(ids)
+        self.identities.end(self.tracker.ended, self.tracker.stats)
+        self.identities.observe(sample, frame, ids, boxes, detections.landmarks)
         if len(detections):
             crops = crop_faces(frame, detections.landmarks, self.spec)
             self._pending.append(crops)
@@ -171,6 +216,11 @@ class _FaceRows:
             self.probs.append(self.classifier.predict(crops[:cut]))
         self._pending = [crops[cut:]] if cut < len(crops) else []
         self._pending_count = len(crops) - cut
+
+    def descriptors(self) -> dict[int, np.ndarray]:
+        """Each embedded track's descriptor, once the session's samples are all in (in memory only)."""
+        self.identities.end(self.tracker.live(), self.tracker.stats)
+        return self.identities.finish()
 
     def sampled(self, classes: int) -> SampledFaces:
         probs = np.concatenate(self.probs) if self.probs else np.zeros((0, classes), np.float32)
@@ -263,12 +313,40 @@ def _session_clock(session: Session, good: list[tuple[int, VideoFile, VideoInfo,
     return place_chunks(starts, [info.duration_s for _, _, info, _ in good], source)
 
 
-def _track(faces: SampledFaces, target: str, frame_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Track ids and the target flag for every face, in the order of ``faces``."""
-    track_ids = link_tracks(faces.boxes)
-    all_tracks = np.concatenate(track_ids) if track_ids else np.zeros(0, np.int32)
-    targets = choose_targets(all_tracks, faces.all_boxes(), target, frame_size)
-    return all_tracks, np.isin(all_tracks, list(targets))
+@dataclass
+class _Persons:
+    track_ids: np.ndarray  # one per face, in the order of the session's faces
+    person_ids: np.ndarray
+    is_target: np.ndarray
+    footer: dict[str, Any]
+
+
+def _persons(rows: _FaceRows, options: ProcessOptions, frame_size: tuple[int, int], reference: Any) -> _Persons:
+    """Tracks joined into persons, and the target flag, for every face of the session."""
+    from fermon.identity import identity_footer, link_persons, nearest_person
+
+    descriptors = rows.descriptors()
+    links = link_persons(rows.tracker.stats, descriptors)
+    track_ids = np.concatenate(rows.track_ids) if rows.track_ids else np.zeros(0, np.int32)
+    person_ids = np.array([links.person_of_track[int(t)] for t in track_ids], np.int32)
+    footer = identity_footer(
+        links, len(rows.tracker.stats), len(descriptors), rows.identities.chips_embedded, options.identity
+    )
+    if reference is not None:
+        person, distance = nearest_person(reference, links)
+        targets = set() if person is None else {person}
+        rounded = None if distance is None else round(distance, 3)
+        footer["reference"] = {"matched": person is not None, "distance": rounded}
+    else:
+        all_boxes = np.concatenate(rows.boxes) if rows.boxes else np.zeros((0, 4), np.float32)
+        targets = choose_targets(person_ids, all_boxes, options.target, frame_size)
+    return _Persons(track_ids, person_ids, np.isin(person_ids, list(targets)), footer)
+
+
+def _sample_facts(rows: _FaceRows) -> dict[str, int]:
+    """Per-session counts that summaries need whatever rows an analyst keeps (see fermon.analysis)."""
+    faces = np.array([len(b) for b in rows.boxes], np.int64)
+    return {"count": len(faces), "with_face": int((faces > 0).sum()), "with_several_faces": int((faces > 1).sum())}
 
 
 def process_session(
@@ -290,17 +368,23 @@ def process_session(
 
     try:
         detector, classifier = cached_models(identity, options)
-        rows = _FaceRows(classifier, CropSpec.from_metadata(classifier.checkpoint.metadata["crop"]))
+        embedder = cached_embedder(options)
+        reference = _reference(options, detector, embedder)
+        rows = _FaceRows(classifier, CropSpec.from_metadata(classifier.checkpoint.metadata["crop"]), embedder)
         infos, gaps, failed_videos = _detect_session(
             session, detector, rows, options, on_progress or (lambda done, total: None)
         )
         class_names = list(identity.class_names)
         faces = rows.sampled(len(class_names))
         frame_size = (int(infos[0]["height"]), int(infos[0]["width"]))
-        track_ids, is_target = _track(faces, options.target, frame_size)
+        persons = _persons(rows, options, frame_size, reference)
         names = [video.relative for video in session.videos]
-        columns = face_columns(session.session_id, names, faces, track_ids, is_target, class_names)
+        columns = face_columns(
+            session.session_id, names, faces, persons.track_ids, persons.is_target, class_names, persons.person_ids
+        )
         metadata = footer_metadata(session, identity, options, infos, gaps, failed_videos)
+        metadata["samples"] = _sample_facts(rows)
+        metadata["identity"] = persons.footer
         table = build_table(columns, class_names, metadata)
         path = timeline_path(Path(out_dir), session.session_id)
         write_atomic(table, path)

@@ -149,7 +149,13 @@ def process(
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (timelines/, ledger, lock) or URL.")],
     fps: Annotated[float, typer.Option(help="Samples per second; 0 = every frame.")] = 5.0,
-    target: Annotated[str, typer.Option(help="Patient's track: largest, center or all.")] = "largest",
+    target: Annotated[
+        str, typer.Option(help="The patient: largest (most size times time in view), center or all persons.")
+    ] = "largest",
+    target_reference: Annotated[
+        Optional[Path],
+        typer.Option(help="A photo of the patient: the person nearest it is the target (none if nobody is near)."),
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' (the embedded model).")] = "default",
     detector: Annotated[str, typer.Option(help="auto, centerface or scrfd.")] = "auto",
     model_dir: Annotated[Optional[Path], typer.Option(help="insightface model pack for SCRFD.")] = None,
@@ -235,6 +241,7 @@ def process(
         options = ProcessOptions(
             fps=fps,
             target=target,
+            target_reference=str(target_reference.resolve()) if target_reference else None,
             checkpoint=checkpoint,
             detector=detector,
             model_dir=str(model_dir) if model_dir else None,
