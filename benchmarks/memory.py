@@ -31,17 +31,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/performance/memory.json"))
     args = parser.parse_args()
     info = probe(find_inputs([args.video]).sessions[0].videos[0])[0]
-    process, samples_done, trace = psutil.Process(), [0], []
+    process, video_done, trace = psutil.Process(), [0.0], []
     finished = threading.Event()
 
     def on_event(event: dict) -> None:
-        if event["event"] == "frames":
-            samples_done[0] += event["count"]
+        if event["event"] == "progress":  # seconds of video processed, from the worker
+            video_done[0] = event["processed_s"]
 
     def sample() -> None:
         started = time.perf_counter()
         while not finished.wait(0.5):
-            video_s = samples_done[0] / args.fps
+            video_s = video_done[0]
             trace.append((round(time.perf_counter() - started, 1), round(video_s, 1), process.memory_info().rss))
 
     sampler = threading.Thread(target=sample, daemon=True)
