@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from fermon.config import ProcessOptions, resolve_models
-from fermon.timeline import read_metadata
 from fermon.inputs import find_inputs
+from fermon.timeline import read_metadata
 from fermon.video import probe
 from fermon.worker import process_session
 

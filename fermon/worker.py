@@ -25,9 +25,9 @@ from fermon.clock import SessionClock, footer_clock, known_starts, place_chunks
 from fermon.config import ModelIdentity, ProcessOptions
 from fermon.errors import FermonError, InputError, ModelError
 from fermon.identity import TrackIdentities
+from fermon.inputs import Session, VideoFile
 from fermon.timeline import SampledFaces, build_table, face_columns, timeline_path, write_atomic
 from fermon.track import Tracker, choose_targets
-from fermon.inputs import Session, VideoFile
 from fermon.video import DecodeGap, VideoInfo, iter_batches, probe, read_ahead, sample_indices
 
 # How a session failed: because of its files (unreadable, empty, corrupt: not retried until they
