@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import fermon
 from fermon.cli import app
 from fermon.report import build_reports
-from tests.test_analysis import write_small_clips
+from tests.fermon.test_analysis import write_small_clips
 
 # Debian's package; the README says how to install it. Without it the browser checks skip, saying why.
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
