@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 ACCESS_KEY = "AKIAFERMONTESTKEY042"
 SECRET_KEY = "fermon-test-secret-that-must-never-be-written"
@@ -49,3 +50,18 @@ def fresh_s3():
     import s3fs
 
     return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+@contextmanager
+def s3_bucket(bucket: str, cache_dir: Path) -> Iterator[tuple[object, dict[str, str]]]:
+    """The server, boto's environment pointing at it (set for the duration), an empty bucket, and a
+    client-local cache folder (where the ledgers of output URLs live). Yields (filesystem, environment)."""
+    import pytest
+
+    with s3_server() as environment, pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        patch.setenv("XDG_CACHE_HOME", str(cache_dir))
+        fs = fresh_s3()
+        fs.mkdir(bucket, exist_ok=True)
+        yield fs, environment

@@ -21,7 +21,7 @@ from fermon import storage
 from fermon.errors import InputError, OutputError
 from fermon.ledger import Ledger
 from fermon.process import ProcessOptions, run_process
-from tests.fermon.s3server import s3_server
+from tests.fermon.s3server import s3_bucket
 from tests.fermon.test_storage import rows, upload
 from tests.videos import write_bad_files, write_clip_set
 
@@ -51,15 +51,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory):
-    from tests.fermon.s3server import fresh_s3
-
-    with s3_server() as environment, pytest.MonkeyPatch.context() as patch:
-        for name, value in environment.items():
-            patch.setenv(name, value)
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        fs = fresh_s3()
-        fs.mkdir(BUCKET, exist_ok=True)
-        yield fs, environment
+    with s3_bucket(BUCKET, tmp_path_factory.mktemp("cache")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

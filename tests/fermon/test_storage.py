@@ -20,7 +20,7 @@ from fermon.inputs import VideoFile, find_inputs
 from fermon.ledger import LEDGER_NAME, file_fingerprint
 from fermon.process import ProcessOptions, run_process
 from fermon.video import open_reader, probe
-from tests.fermon.s3server import ACCESS_KEY, SECRET_KEY, fresh_s3, s3_server
+from tests.fermon.s3server import ACCESS_KEY, SECRET_KEY, fresh_s3, s3_bucket
 from tests.videos import write_bad_files, write_clip_set, write_video
 
 BUCKET = "fermon-test"
@@ -31,12 +31,7 @@ KEY = ["session_id", "frame_index", "track_id"]
 def s3(tmp_path_factory: pytest.TempPathFactory):
     """The server, boto's environment pointing at it, a bucket, and a client-local cache folder (where
     the ledgers of output URLs live)."""
-    with s3_server() as environment, pytest.MonkeyPatch.context() as patch:
-        for name, value in environment.items():
-            patch.setenv(name, value)
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        fs = fresh_s3()
-        fs.mkdir(BUCKET, exist_ok=True)
+    with s3_bucket(BUCKET, tmp_path_factory.mktemp("cache")) as (fs, _):
         yield fs
 
 
