@@ -51,6 +51,16 @@ def train(
     backbone_lr_scale: Annotated[
         float, typer.Option(help="The backbone's learning rate as a fraction of --lr (the head's); 1: one rate.")
     ] = 1.0,
+    backbone_norm: Annotated[
+        str, typer.Option(help="dlib112: affine (dlib's frozen affines) or batch (batch norms put back).")
+    ] = "affine",
+    region_occlusion: Annotated[
+        float, typer.Option(help="Fraction of training images with the template's eyes or mouth hidden.")
+    ] = 0.0,
+    teacher: Annotated[
+        Optional[str], typer.Option(help="Distil: a checkpoint (name or path) whose probabilities join the targets.")
+    ] = None,
+    teacher_weight: Annotated[float, typer.Option(help="Distil: the teacher's share of each target.")] = 0.5,
     text_encoder: Annotated[str, typer.Option(help="minilm[:PATH] or open_clip:ARCH@WEIGHTS.")] = "minilm",
     center_text: Annotated[bool, typer.Option(help="Remove the prompts' shared component before use.")] = True,
     logit_scale: Annotated[float, typer.Option(help="Cosine-logit scale (CLIP's is 100).")] = 100.0,
@@ -91,6 +101,10 @@ def train(
         limit=limit,
         init=init,
         backbone_lr_scale=backbone_lr_scale,
+        backbone_norm=backbone_norm,
+        region_occlusion=region_occlusion,
+        teacher=teacher,
+        teacher_weight=teacher_weight,
         text_encoder=text_encoder,
         center_text=center_text,
         logit_scale=logit_scale,
@@ -194,7 +208,9 @@ def pretrain(
 @app.command()
 def evaluate(
     root: Annotated[Path, typer.Option(help="Dataset folder (for FERPlus: the folder holding data/).")],
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' for the embedded one.")] = "default",
+    checkpoint: Annotated[
+        str, typer.Option(help="A checkpoint path, or an embedded model: default, fast or accurate.")
+    ] = "default",
     dataset: str = "ferplus",
     split: str = "test",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report here.")] = None,

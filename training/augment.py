@@ -3,7 +3,10 @@
 One random affine warp per image (rotation, scale, shift: it covers the crop-to-crop variation a
 detector's landmarks give at run time), horizontal flip, brightness/contrast jitter, Gaussian blur
 (a face far from the camera or out of focus), dim light with sensor noise (a ward at night), and
-random erasing (rectangles of noise: occlusion by hands, tubes and pillows).
+random erasing (rectangles of noise: occlusion by hands, tubes and pillows), and region occlusion:
+the crop template's eye band or mouth box hidden (a mask, a tube, a hand over the mouth, sunglasses
+or a pillow over the eyes), with its size, place and fill varied so that the model learns to read
+what is left rather than one occluder's shape.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from fermon.model import Architecture
+from fermon.vocab import crop_template
+from training.corruptions import region_box
+
+REGIONS = ("eyes", "mouth")
 
 
 @dataclass
@@ -36,14 +43,28 @@ class Augmentation:
     # The normalisation the batch carries: dimming scales pixels, not normalised values.
     pixel_mean: tuple[float, ...] = (0.5,)
     pixel_std: tuple[float, ...] = (0.5,)
+    region_occlusion: float = 0.0  # fraction of images with the eyes or the mouth hidden
+    region_scale: tuple[float, float] = (0.8, 1.35)  # the box's size against the evaluation box
+    region_shift: float = 0.12  # the box's shift, as a fraction of its own size
+    # The crop template's five points at the input size (eyes, nose, mouth corners), for the regions.
+    template_points: tuple[tuple[float, float], ...] | None = None
 
     @classmethod
-    def for_architecture(cls, architecture: Architecture) -> Augmentation:
-        return cls(pixel_mean=tuple(architecture.mean), pixel_std=tuple(architecture.std))
+    def for_architecture(cls, architecture: Architecture, region_occlusion: float = 0.0) -> Augmentation:
+        template = crop_template(architecture.crop)
+        scale = architecture.input_size / float(template["size"])
+        points = tuple((x * scale, y * scale) for x, y in template["points"])
+        return cls(
+            pixel_mean=tuple(architecture.mean),
+            pixel_std=tuple(architecture.std),
+            region_occlusion=region_occlusion,
+            template_points=points,
+        )
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n = batch.shape[0]
         device = batch.device
+        batch = self._occlude_region(batch, generator)  # on the face, before the warp moves it
 
         def uniform(low: float, high: float) -> torch.Tensor:
             return torch.rand(n, device=device, generator=generator) * (high - low) + low
@@ -98,6 +119,40 @@ class Augmentation:
         noise = torch.randn(batch.shape, device=batch.device, generator=generator) * (self.dim_noise / std)
         dimmed = light * batch + (light - 1) * mean / std + noise
         return torch.where(chosen, dimmed, batch)
+
+    def _occlude_region(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Hide the eye band or the mouth box (``training/corruptions.py``'s boxes, resized and moved at
+        random) with black, grey, white, the face's own mean, or noise."""
+        if self.region_occlusion <= 0 or self.template_points is None:
+            return batch
+        n, channels, height, _ = batch.shape
+        rand = torch.rand(n, 6, generator=generator, device=batch.device).cpu().numpy()
+        chosen = np.flatnonzero(rand[:, 0] < self.region_occlusion)
+        if len(chosen) == 0:
+            return batch
+        out = batch.clone()
+        points = np.asarray(self.template_points, dtype=np.float32)
+        mean = torch.tensor(self.pixel_mean, device=batch.device).view(-1, 1, 1).expand(channels, 1, 1)
+        std = torch.tensor(self.pixel_std, device=batch.device).view(-1, 1, 1).expand(channels, 1, 1)
+        for i in chosen:
+            x1, y1, x2, y2 = region_box(REGIONS[int(rand[i, 1] * len(REGIONS))], points, height)
+            size = self.region_scale[0] + rand[i, 2] * (self.region_scale[1] - self.region_scale[0])
+            w, h = (x2 - x1) * size, (y2 - y1) * size
+            cx = (x1 + x2) / 2 + (rand[i, 3] - 0.5) * 2 * self.region_shift * w
+            cy = (y1 + y2) / 2 + (rand[i, 4] - 0.5) * 2 * self.region_shift * h
+            left, right = max(0, round(cx - w / 2)), min(height, round(cx + w / 2))
+            top, bottom = max(0, round(cy - h / 2)), min(height, round(cy + h / 2))
+            if right <= left or bottom <= top:
+                continue
+            region = out[i, :, top:bottom, left:right]
+            fill = int(rand[i, 5] * 5)
+            if fill == 4:  # sensor-like noise
+                region.copy_(torch.randn(region.shape, generator=generator, device=batch.device))
+            elif fill == 3:  # a flat patch at the face's own mean (skin-toned tape, a hand in shadow)
+                region.copy_(out[i].mean(dim=(1, 2), keepdim=True).expand_as(region))
+            else:  # black, mid grey or white, in pixel units
+                region.copy_(((torch.full_like(mean, (0.0, 0.5, 1.0)[fill]) - mean) / std).expand_as(region))
+        return out
 
     def _erase(self, batch: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, _, height, width = batch.shape

@@ -15,6 +15,7 @@ from fermon.classify import batched_logits, softmax
 from fermon.model import KE2NT
 from fermon.vocab import crop_template
 from training.datasets import LabelledFaces
+from training.dlib_init import fold_batchnorms
 from training.loop import TrainResult
 from training.methods import get_method
 from training.metrics import classification_report, negative_log_likelihood
@@ -46,6 +47,8 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
     architecture = result.architecture
     model = KE2NT(architecture, result.class_embeddings, logit_scale=result.config.logit_scale)
     tensors, _ = load_weights(result.best_weights)
+    # Batch norms put into dlib's backbone for training ship as the affines the run-time module has.
+    tensors = fold_batchnorms(tensors, model.state_dict().keys())
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("neutral_transform.")})
     model.eval()
     # Calibrate what will ship: the stored (fp16) weights, read back as float32.
@@ -79,6 +82,12 @@ def export_run(result: TrainResult, val: LabelledFaces, out: Path, name: str, ha
             "seed": config.seed,
             "init": Path(config.init).name if config.init else None,
             "selected_on": config.val_split,
+            "backbone_lr_scale": config.backbone_lr_scale,
+            "backbone_norm": config.backbone_norm,
+            "region_occlusion": config.region_occlusion,
+            # A file name or an embedded model's name, never a path (checkpoints travel).
+            "teacher": Path(config.teacher).name if config.teacher else None,
+            "teacher_weight": config.teacher_weight if config.teacher else None,
             **({"notes": config.extra} if config.extra else {}),
         },
         "metrics": {

@@ -28,6 +28,15 @@ from fermon.errors import UsageError
 from fermon.model import CLIP_LOGIT_SCALE, KE2NT, Architecture, load_architecture
 from training.augment import Augmentation
 from training.datasets import LabelledFaces, read_dataset
+from training.distil import mix_targets, teacher_probabilities
+from training.dlib_init import (
+    BACKBONE_NORMS,
+    DLIB_INIT,
+    affines_to_batchnorm,
+    batchnorm_structure,
+    load_dlib_backbone,
+    require_dlib_backbone,
+)
 from training.losses import KE2NTLoss
 from training.methods import get_method
 from training.metrics import classification_report
@@ -37,7 +46,6 @@ from training.text import DEFAULT_TEXT_ENCODER, create_text_encoder
 
 log = logging.getLogger("training")
 
-DLIB_INIT = "dlib"  # --init's word for dlib's released face-recognition ResNet (architecture dlib112)
 REFERENCE_LR = 0.002  # KE2NT's reference: fine-tuning a face-recognition backbone
 SCRATCH_LR = 0.1  # from random weights a small CNN needs a far larger step
 
@@ -104,6 +112,13 @@ class TrainConfig:
     adversarial_weight: float = 0.1
     # The backbone's learning rate as a fraction of the head's; added after the first release.
     backbone_lr_scale: float = 1.0
+    # dlib's backbone: its frozen affines as released, or batch norms put back (training/dlib_init.py).
+    backbone_norm: str = "affine"
+    # Fraction of images with the template's eye or mouth region hidden (training/augment.py).
+    region_occlusion: float = 0.0
+    # Distillation (training/distil.py): a teacher checkpoint's probabilities mixed into the targets.
+    teacher: str | None = None
+    teacher_weight: float = 0.5
     # A safetensors file, or DLIB_INIT for dlib's own weights.
     init: Path | None = None
     state_dir: Path | None = None
@@ -176,7 +191,16 @@ def class_prompts_for(config: TrainConfig, class_names: list[str]) -> list[str]:
     return get_method(config.method).prompts(class_names, config)
 
 
-def build_training_model(config: TrainConfig, architecture: Architecture, embeddings: torch.Tensor) -> KE2NT:
+def build_training_model(
+    config: TrainConfig,
+    architecture: Architecture,
+    embeddings: torch.Tensor,
+    calibration: torch.Tensor | None = None,
+) -> KE2NT:
+    """The model a run trains; ``calibration`` (normalised training images) sets the statistics of
+    batch norms put into dlib's backbone (``--backbone-norm batch``); without it they are only shaped."""
+    if config.backbone_norm not in BACKBONE_NORMS:
+        raise UsageError(f"unknown --backbone-norm '{config.backbone_norm}'; known: {', '.join(BACKBONE_NORMS)}")
     method = get_method(config.method)
     model = KE2NT(
         architecture,
@@ -189,36 +213,13 @@ def build_training_model(config: TrainConfig, architecture: Architecture, embedd
         load_dlib_backbone(model)
     elif config.init:
         load_backbone(model, config.init)
+    if config.backbone_norm == "batch":
+        backbone = require_dlib_backbone(model)
+        if calibration is not None:
+            affines_to_batchnorm(backbone, calibration)
+        else:
+            batchnorm_structure(backbone)
     return model
-
-
-def load_dlib_backbone(model: KE2NT) -> int:
-    """Initialise a ``dlib_resnet`` backbone from dlib's released face-recognition weights (CC0).
-
-    The weights are then balanced between each convolution and its affine (the same function):
-    as released, SGD destroys them within a few steps (``balance_for_training``).
-    """
-    from fermon.dlib_resnet import (
-        DlibResNet,
-        balance_for_training,
-        dlib_weights_path,
-        load_dlib_weights,
-        read_dlib_network,
-    )
-
-    if not isinstance(model.backbone, DlibResNet):
-        raise UsageError(
-            f"--init {DLIB_INIT} needs the dlib_resnet backbone (--architecture dlib112), "
-            f"not '{model.architecture.backbone}'"
-        )
-    loaded = load_dlib_weights(model.backbone, read_dlib_network(dlib_weights_path()))
-    balance_for_training(model.backbone)
-    log.info(
-        "initialised %d of %d backbone tensors from dlib's face-recognition ResNet",
-        loaded,
-        len(model.backbone.state_dict()),
-    )
-    return loaded
 
 
 def load_backbone(model: KE2NT, path: Path) -> int:
@@ -297,7 +298,20 @@ def _load_data(config: TrainConfig, architecture: Architecture) -> tuple[Labelle
         raise UsageError(f"{config.root}: no training images for dataset '{config.dataset}'")
     if config.label_mode == "majority":
         train.targets = np.eye(len(train.class_names), dtype=np.float32)[train.labels]
+    if config.teacher:
+        taught = teacher_probabilities(config.teacher, config.dataset, Path(config.root), config.limit, train)
+        train.targets = mix_targets(train.targets, taught, config.teacher_weight)
     return train, val
+
+
+def _calibration_images(
+    config: TrainConfig, train_data: LabelledFaces, architecture: Architecture, count: int = 512
+) -> torch.Tensor | None:
+    """A seeded sample of normalised training images for batch-norm statistics, where they are needed."""
+    if config.backbone_norm != "batch":
+        return None
+    chosen = np.random.default_rng(config.seed).permutation(len(train_data))[:count]
+    return normalise_batch(train_data.images[np.sort(chosen)], architecture, torch.device("cpu"))
 
 
 def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
@@ -307,7 +321,9 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
     architecture = load_architecture(config.architecture)
     train_data, val_data = _load_data(config, architecture)
     embeddings = class_embeddings_for(config, train_data.class_names)
-    model = build_training_model(config, architecture, embeddings).to(device).to(memory_format=torch.channels_last)
+    calibration = _calibration_images(config, train_data, architecture)
+    model = build_training_model(config, architecture, embeddings, calibration)
+    model = model.to(device).to(memory_format=torch.channels_last)
     method = get_method(config.method)
     extra = method.extra(config, model, train_data.class_names).to(device) if method.extra else None
     # What the optimiser updates and the state holds: the model alone, or the model and the method's
@@ -355,7 +371,7 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         log.info("resuming %s at epoch %d", state_dir, start_epoch + 1)
 
     bf16 = use_bf16(config.amp, device)
-    augment = Augmentation.for_architecture(architecture)
+    augment = Augmentation.for_architecture(architecture, region_occlusion=config.region_occlusion)
     targets_all = torch.from_numpy(train_data.targets)
     labels_all = torch.from_numpy(train_data.labels)
     for epoch in range(start_epoch, config.epochs):

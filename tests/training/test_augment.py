@@ -47,3 +47,38 @@ def test_dim_scales_pixels_not_normalised_values() -> None:
     # Half the light: white becomes pixel 0.5 (normalised 0), black stays black (-1).
     torch.testing.assert_close(dim(white, generator), torch.zeros(1, 1, 8, 8))
     torch.testing.assert_close(dim(black, generator), black)
+
+
+def test_region_occlusion_hides_only_the_eyes_or_the_mouth() -> None:
+    from fermon.model import load_architecture
+    from training.corruptions import region_box
+
+    architecture = load_architecture("cnn48")
+    template = Augmentation.for_architecture(architecture).template_points
+    assert template is not None
+    points = torch.tensor(template).numpy()
+    augment = _only(region_occlusion=1.0, template_points=template, region_scale=(1.0, 1.0), region_shift=0.0)
+    batch = torch.full((40, 1, 48, 48), 3.0)  # far from any fill value, so every hidden pixel shows
+    out = augment(batch.clone(), torch.Generator().manual_seed(0))
+    regions = {}
+    for name in ("eyes", "mouth"):
+        x1, y1, x2, y2 = region_box(name, points, 48)
+        mask = torch.zeros(48, 48, dtype=torch.bool)
+        mask[y1:y2, x1:x2] = True
+        regions[name] = mask
+    seen = set()
+    for image in out[:, 0]:
+        changed = image != 3.0
+        if not changed.any():
+            continue  # the "face's own mean" fill on a flat face changes nothing
+        inside = [name for name, mask in regions.items() if bool(changed[~mask].logical_not().all())]
+        assert inside, "pixels outside both regions changed"
+        seen.update(inside)
+    assert seen == {"eyes", "mouth"}
+
+
+def test_region_occlusion_off_by_default() -> None:
+    batch = torch.randn(4, 1, 48, 48)
+    template = ((10.0, 10.0), (30.0, 10.0), (20.0, 20.0), (12.0, 30.0), (28.0, 30.0))
+    out = _only(template_points=template)(batch.clone(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, batch, atol=1e-4, rtol=0)

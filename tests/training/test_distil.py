@@ -1,0 +1,70 @@
+"""Distillation: a teacher checkpoint's flip-averaged probabilities mixed into the training targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fermon.checkpoint import load_checkpoint, write_untrained_checkpoint
+from fermon.classify import batched_logits, softmax
+from tests.fixtures import FERPLUS_ROWS, write_ferplus
+from training import distil
+from training.__main__ import app
+from training.datasets import read_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def ferplus_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ferplus"
+    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * 4)]
+    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
+        write_ferplus(root, split, rows)
+    return root
+
+
+@pytest.fixture()
+def teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(distil, "teacher_cache_dir", lambda: tmp_path / "teachers")
+    path = tmp_path / "teacher.safetensors"
+    write_untrained_checkpoint(path, seed=3)
+    return path
+
+
+def test_teacher_probabilities_average_the_face_and_its_mirror(ferplus_root: Path, teacher: Path) -> None:
+    student = read_dataset("ferplus", ferplus_root, "train", 48, "gray")
+    got = distil.teacher_probabilities(str(teacher), "ferplus", ferplus_root, None, student)
+    checkpoint = load_checkpoint(teacher)
+    model = checkpoint.build_model()
+    plain = softmax(batched_logits(model, student.images), checkpoint.temperature)
+    mirrored = softmax(batched_logits(model, np.ascontiguousarray(student.images[:, :, ::-1])), checkpoint.temperature)
+    np.testing.assert_allclose(got, (plain + mirrored) / 2, atol=1e-5)
+    assert np.abs(plain - mirrored).max() > 1e-6  # the mirror is really another view
+    again = distil.teacher_probabilities(str(teacher), "ferplus", ferplus_root, None, student)
+    np.testing.assert_array_equal(again, got)  # read back from the cache
+
+
+def test_mix_targets_weighs_votes_and_teacher() -> None:
+    votes = np.array([[1.0, 0.0], [0.5, 0.5]], np.float32)
+    taught = np.array([[0.2, 0.8], [0.9, 0.1]], np.float32)
+    np.testing.assert_allclose(distil.mix_targets(votes, taught, 0.25), [[0.8, 0.2], [0.6, 0.4]], atol=1e-6)
+    np.testing.assert_allclose(distil.mix_targets(votes, taught, 0.0), votes)
+    with pytest.raises(Exception, match="teacher-weight"):
+        distil.mix_targets(votes, taught, 1.5)
+
+
+@pytest.mark.slow
+def test_train_with_a_teacher_records_it_by_name(ferplus_root: Path, teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "student.safetensors"
+    args = ["train", "--root", str(ferplus_root), "--epochs", "1", "--batch-size", "8", "--limit", "16"]
+    args += ["--teacher", str(teacher), "--teacher-weight", "0.7"]
+    args += ["--state-dir", str(tmp_path / "s"), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    training = load_checkpoint(out).metadata["training"]
+    assert training["teacher"] == "teacher.safetensors" and training["teacher_weight"] == 0.7
+    assert (tmp_path / "teachers").is_dir()

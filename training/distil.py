@@ -1,0 +1,62 @@
+"""Knowledge distillation: a teacher checkpoint's probabilities mixed into the training targets.
+
+The teacher (e.g. the `accurate` dlib model) reads every training face once, at its own input size
+and colour, and its calibrated probabilities (averaged with those of the mirrored face) are cached
+under ``~/.cache/fermon/teachers``. The student then trains on
+``(1 - weight) * votes + weight * teacher`` with its usual augmentation: soft targets that carry
+what the teacher knows about similar classes, beside the annotators' votes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fermon.checkpoint import load_checkpoint
+from fermon.classify import batched_logits, softmax
+from fermon.errors import UsageError
+from training.datasets import LabelledFaces, read_dataset
+
+log = logging.getLogger("training")
+
+
+def teacher_cache_dir() -> Path:
+    return Path.home() / ".cache" / "fermon" / "teachers"
+
+
+def teacher_probabilities(
+    teacher: str, dataset: str, root: Path, limit: int | None, expected: LabelledFaces
+) -> np.ndarray:
+    """The teacher's calibrated, flip-averaged probabilities for ``expected``'s training faces, in order."""
+    checkpoint = load_checkpoint(teacher)
+    if checkpoint.class_names != expected.class_names:
+        raise UsageError(f"teacher {checkpoint.path.name}: classes {checkpoint.class_names} differ from the data's")
+    cache = teacher_cache_dir() / f"{checkpoint.short_hash}-{dataset}-{limit or 'all'}-{len(expected)}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    architecture = checkpoint.architecture
+    faces = read_dataset(dataset, root, "train", architecture.input_size, architecture.colour, limit)
+    if not np.array_equal(faces.labels, expected.labels):
+        raise UsageError(f"teacher {checkpoint.path.name}: its reading of {dataset} is not the student's")
+    model = checkpoint.build_model()
+    log.info("teacher %s reads %d training faces", checkpoint.path.name, len(faces))
+    with torch.inference_mode():
+        plain = batched_logits(model, faces.images)
+        mirrored = batched_logits(model, np.ascontiguousarray(faces.images[:, :, ::-1]))
+    probabilities = (softmax(plain, checkpoint.temperature) + softmax(mirrored, checkpoint.temperature)) / 2
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_suffix(".tmp.npy")
+    np.save(temporary, probabilities.astype(np.float32))
+    temporary.replace(cache)
+    return probabilities.astype(np.float32)
+
+
+def mix_targets(votes: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * votes + weight * teacher``, rows summing to one."""
+    if not 0.0 <= weight <= 1.0:
+        raise UsageError(f"--teacher-weight must be in [0, 1], not {weight}")
+    mixed = (1.0 - weight) * votes + weight * teacher
+    return (mixed / mixed.sum(axis=1, keepdims=True)).astype(np.float32)
