@@ -28,17 +28,46 @@ from fermon.model import KE2NT, Architecture
 FORMAT = "fermon-checkpoint/1"
 METADATA_KEY = "fermon"
 DEFAULT_CHECKPOINT_NAME = "ke2nt_cnn48_ferplus.safetensors"
+# The models that ship inside the package, by the name users pass as --checkpoint. `fast` is the
+# small CPU model (the default); `accurate` is dlib's face-recognition ResNet fine-tuned (issue 14),
+# the model a GPU run uses when none is named.
+EMBEDDED_CHECKPOINTS = {
+    "default": DEFAULT_CHECKPOINT_NAME,
+    "fast": DEFAULT_CHECKPOINT_NAME,
+    "accurate": "ke2nt_dlib112_ferplus.safetensors",
+}
+AUTO_CHECKPOINT = "auto"  # --checkpoint's default: `accurate` on a GPU, else `default`
+
+
+def embedded_checkpoint_path(name: str) -> Path:
+    """The file of an embedded model (``default``, ``fast``, ``accurate``) inside the installed package."""
+    return Path(str(resources.files("fermon").joinpath("weights", EMBEDDED_CHECKPOINTS[name])))
 
 
 def default_checkpoint_path() -> Path:
     """The embedded default checkpoint inside the installed package."""
-    return Path(str(resources.files("fermon").joinpath("weights", DEFAULT_CHECKPOINT_NAME)))
+    return embedded_checkpoint_path("default")
+
+
+def checkpoint_for_device(spec: str | None, device: str) -> str:
+    """The checkpoint a run uses: the one named, or for ``auto``/None the embedded model for the device.
+
+    On a GPU (``--device cuda``, or ``auto`` where CUDA is available) that is ``accurate``: the larger
+    network costs little there. On a CPU it is ``default``, the small model that keeps a night's
+    batch fast.
+    """
+    if spec is not None and spec != AUTO_CHECKPOINT:
+        return spec
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "accurate" if on_gpu else "default"
 
 
 def resolve_checkpoint(spec: str | os.PathLike[str] | None) -> Path:
-    """``None`` or ``"default"`` means the embedded default; anything else is a path."""
-    if spec is None or str(spec) == "default":
+    """``None`` means the embedded default, an embedded model's name that model; anything else is a path."""
+    if spec is None:
         return default_checkpoint_path()
+    if str(spec) in EMBEDDED_CHECKPOINTS:
+        return embedded_checkpoint_path(str(spec))
     return Path(spec)
 
 
@@ -132,6 +161,8 @@ def load_checkpoint(spec: str | os.PathLike[str] | None = None) -> Checkpoint:
     """Read and verify a checkpoint (``None``/``"default"``: the embedded one)."""
     path = resolve_checkpoint(spec)
     if not path.is_file():
+        if str(spec) in EMBEDDED_CHECKPOINTS:
+            raise ModelError(f"{path.name}: the embedded model '{spec}' is missing from this installation")
         raise ModelError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -14,13 +14,19 @@ from fermon.cli._common import exit_on_error
 
 def classify(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' (the embedded model).")] = "default",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="A checkpoint path, or default (= fast), fast, accurate; auto: accurate on a GPU, else fast."
+        ),
+    ] = "auto",
     detector: Annotated[str, typer.Option(help="auto, centerface or scrfd.")] = "auto",
     model_dir: Annotated[Optional[Path], typer.Option(help="insightface model pack for SCRFD.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Detect, align and classify every face in the given images."""
+    from fermon.checkpoint import checkpoint_for_device
     from fermon.classify import ExpressionClassifier
     from fermon.detect import create_detector
     from fermon.errors import InputError
@@ -30,7 +36,7 @@ def classify(
         missing = [str(p) for p in images if not p.is_file()]
         if missing:
             raise InputError(f"{missing[0]}: no such file")
-        classifier = ExpressionClassifier.load(checkpoint, device=device)
+        classifier = ExpressionClassifier.load(checkpoint_for_device(checkpoint, device), device=device)
         faces = classify_image_files(images, create_detector(detector, model_dir, device=device), classifier)
     for face in faces:
         if json_out:

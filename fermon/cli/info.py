@@ -12,7 +12,9 @@ from fermon.cli._common import exit_on_error
 
 
 def info(
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default'.")] = "default",
+    checkpoint: Annotated[
+        str, typer.Option(help="A checkpoint path, or an embedded model: default, fast or accurate.")
+    ] = "default",
 ) -> None:
     """Print a checkpoint's metadata (classes, crop, calibration, training and validation figures)."""
     with exit_on_error():

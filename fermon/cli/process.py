@@ -156,7 +156,12 @@ def process(
         Optional[Path],
         typer.Option(help="A photo of the patient: the person nearest it is the target (none if nobody is near)."),
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint path, or 'default' (the embedded model).")] = "default",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="A checkpoint path, or default (= fast), fast, accurate; auto: accurate on a GPU, else fast."
+        ),
+    ] = "auto",
     detector: Annotated[str, typer.Option(help="auto, centerface or scrfd.")] = "auto",
     model_dir: Annotated[Optional[Path], typer.Option(help="insightface model pack for SCRFD.")] = None,
     threshold: Annotated[float, typer.Option(help="Face detection score threshold.")] = 0.5,
@@ -230,6 +235,7 @@ def process(
     64 bad usage; 66 missing input; 73 cannot write DIR; 75 another run holds DIR; 78 model problem;
     130 interrupted (143 on SIGTERM).
     """
+    from fermon.checkpoint import checkpoint_for_device
     from fermon.errors import RunInterruptedError
     from fermon.process import ProcessOptions, run_process
     from fermon.storage import location_of
@@ -242,7 +248,7 @@ def process(
             fps=fps,
             target=target,
             target_reference=str(target_reference.resolve()) if target_reference else None,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint_for_device(checkpoint, device),
             detector=detector,
             model_dir=str(model_dir) if model_dir else None,
             threshold=threshold,

@@ -76,3 +76,25 @@ def test_a_pickle_file_is_refused_not_unpickled(tmp_path: Path) -> None:
         load_checkpoint(path)
     with pytest.raises(ModelError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_embedded_names_resolve_inside_the_package() -> None:
+    from fermon.checkpoint import EMBEDDED_CHECKPOINTS, default_checkpoint_path, resolve_checkpoint
+
+    assert resolve_checkpoint("fast") == resolve_checkpoint("default") == default_checkpoint_path()
+    assert resolve_checkpoint(None) == default_checkpoint_path()
+    assert resolve_checkpoint("accurate").name == EMBEDDED_CHECKPOINTS["accurate"]
+    assert resolve_checkpoint("accurate").parent == default_checkpoint_path().parent
+    assert resolve_checkpoint("my.safetensors") == Path("my.safetensors")
+
+
+def test_a_gpu_run_uses_accurate_unless_a_checkpoint_is_named() -> None:
+    from fermon.checkpoint import checkpoint_for_device
+
+    assert checkpoint_for_device("auto", "cuda") == "accurate"
+    assert checkpoint_for_device(None, "cuda") == "accurate"
+    assert checkpoint_for_device("auto", "cpu") == "default"
+    assert checkpoint_for_device("fast", "cuda") == "fast"
+    assert checkpoint_for_device("mine.safetensors", "cuda") == "mine.safetensors"
+    expected = "accurate" if torch.cuda.is_available() else "default"
+    assert checkpoint_for_device("auto", "auto") == expected
