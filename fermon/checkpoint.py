@@ -3,7 +3,8 @@
 Metadata (key ``fermon`` of the safetensors header, a JSON object): ``format``, ``name``,
 ``method``, ``architecture`` (the whole :class:`~fermon.model.Architecture`), ``class_names`` in
 logit order, ``prompts``, ``text_encoder``, ``crop`` (template points, size and colour),
-``temperature`` (calibration, applied at inference), ``training`` (data, recipe), ``metrics``
+``temperature`` (calibration, applied at inference), ``class_bias`` (optional per-class offsets
+added after the temperature: a prior adjustment for the rare classes), ``training`` (data, recipe), ``metrics``
 (validation figures) and ``content_sha256``, a hash of the tensors that loading verifies. The
 class text embeddings are the tensor ``class_embeddings``.
 """
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -100,6 +102,13 @@ class Checkpoint:
     @property
     def temperature(self) -> float:
         return float(self.metadata.get("temperature", 1.0))
+
+    @property
+    def class_bias(self) -> np.ndarray:
+        """Per-class offsets added to the tempered logits (a prior adjustment fitted on validation;
+        zeros for checkpoints without one)."""
+        bias = self.metadata.get("class_bias")
+        return np.zeros(len(self.class_names), np.float32) if bias is None else np.asarray(bias, np.float32)
 
     @property
     def short_hash(self) -> str:

@@ -1,8 +1,8 @@
 """Stage: face crops in, calibrated class probabilities out.
 
 Crops are uint8 (N, H, W, C) at the checkpoint's input size and colour (see :mod:`fermon.align`).
-Probabilities are ``softmax(logits / temperature)``, with the temperature fitted on validation data
-when the checkpoint was exported.
+Probabilities are ``softmax(logits / temperature + class_bias)``, with the temperature (and the
+optional prior adjustment ``class_bias``) fitted on validation data when the checkpoint was exported.
 """
 
 from __future__ import annotations
@@ -107,4 +107,5 @@ class ExpressionClassifier:
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, float32 (N, classes) in ``class_names`` order."""
-        return softmax(self.logits(crops), self.checkpoint.temperature).astype(np.float32)
+        tempered = self.logits(crops) / self.checkpoint.temperature + self.checkpoint.class_bias
+        return softmax(tempered).astype(np.float32)

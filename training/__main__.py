@@ -79,6 +79,9 @@ def train(
     device: str = "auto",
     name: Annotated[Optional[str], typer.Option(help="Model name written into the checkpoint.")] = None,
     full_precision: Annotated[bool, typer.Option(help="Store float32 weights instead of float16.")] = False,
+    prior_adjustment: Annotated[
+        bool, typer.Option(help="Choose a logit adjustment for the rare classes on validation at export.")
+    ] = True,
 ) -> None:
     """Train one model (resuming if its state exists) and export its best validation epoch."""
     from training.export import export_run
@@ -131,13 +134,22 @@ def train(
         from training.datasets import read_dataset
 
         val = read_dataset(dataset, root, config.val_split, result.architecture.input_size, result.architecture.colour)
-        metadata = export_run(result, val, out, name or f"{method}-{architecture}-{dataset}", half=not full_precision)
+        metadata = export_run(
+            result,
+            val,
+            out,
+            name or f"{method}-{architecture}-{dataset}",
+            half=not full_precision,
+            adjust_prior=prior_adjustment,
+        )
     except FermonError as error:
         _fail(error)
     metrics = metadata["metrics"]
     typer.echo(
         f"wrote {out}: best epoch {result.best_epoch}, {metrics['split']} accuracy {metrics['accuracy']:.4f}, "
-        f"ECE {metrics['ece']:.4f} at temperature {metadata['temperature']:.3f}"
+        f"mean class recall {metrics['mean_class_recall']:.4f}, ECE {metrics['ece']:.4f} "
+        f"at temperature {metadata['temperature']:.3f}"
+        + (f", prior adjustment {adjustment['tau']:g}" if (adjustment := metadata.get("prior_adjustment")) else "")
     )
 
 

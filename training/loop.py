@@ -166,6 +166,7 @@ class TrainResult:
     class_embeddings: torch.Tensor
     config: TrainConfig
     prompts: list[str] | None = None  # the class prompts behind class_embeddings (None for ce)
+    class_prior: np.ndarray | None = None  # training-label frequencies (smoothed), for the prior adjustment
 
 
 def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.Tensor:
@@ -440,4 +441,11 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         class_embeddings=embeddings,
         config=config,
         prompts=method.prompts(train_data.class_names, config) if method.uses_text else None,
+        class_prior=label_prior(train_data),
     )
+
+
+def label_prior(data: LabelledFaces) -> np.ndarray:
+    """Majority-label frequencies with one added to each class (no class has probability zero)."""
+    counts = np.bincount(data.labels, minlength=len(data.class_names)).astype(np.float64) + 1.0
+    return counts / counts.sum()

@@ -98,3 +98,22 @@ def test_a_gpu_run_uses_accurate_unless_a_checkpoint_is_named() -> None:
     assert checkpoint_for_device("mine.safetensors", "cuda") == "mine.safetensors"
     expected = "accurate" if torch.cuda.is_available() else "default"
     assert checkpoint_for_device("auto", "auto") == expected
+
+
+def test_class_bias_moves_probabilities_as_metadata_says(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fermon.classify import ExpressionClassifier, softmax
+
+    model = _model()
+    bias = [0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 1.0, 2.0]
+    metadata = {"name": "m", "class_names": [f"c{i}" for i in range(8)], "temperature": 0.7}
+    save_checkpoint(tmp_path / "plain.safetensors", model, metadata)
+    save_checkpoint(tmp_path / "biased.safetensors", model, {**metadata, "class_bias": bias})
+    crops = np.random.default_rng(0).integers(0, 255, (5, 48, 48, 1), dtype=np.uint8)
+    plain = ExpressionClassifier.load(tmp_path / "plain.safetensors", device="cpu")
+    biased = ExpressionClassifier.load(tmp_path / "biased.safetensors", device="cpu")
+    assert np.array_equal(plain.checkpoint.class_bias, np.zeros(8))
+    logits = plain.logits(crops)
+    np.testing.assert_allclose(plain.predict(crops), softmax(logits, 0.7), atol=1e-5)
+    np.testing.assert_allclose(biased.predict(crops), softmax(logits / 0.7 + np.array(bias)), atol=1e-5)
