@@ -23,6 +23,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from fermon.checkpoint import EMBEDDED_CHECKPOINTS, resolve_checkpoint
 from fermon.classify import batched_logits, cpu_has_amx, normalise_batch, resolve_device, softmax
 from fermon.errors import UsageError
 from fermon.model import CLIP_LOGIT_SCALE, KE2NT, Architecture, load_architecture
@@ -224,7 +225,11 @@ def build_training_model(
 
 
 def load_backbone(model: KE2NT, path: Path) -> int:
-    """Initialise the backbone from a safetensors file (``backbone.`` prefixes are optional)."""
+    """Initialise the backbone from a safetensors file (``backbone.`` prefixes are optional), or from
+    a fermon checkpoint (a path or an embedded model's name): then its projection head too, where
+    it fits, so that fine-tuning a trained model (e.g. distilling into it) starts from all of it."""
+    if str(path) in EMBEDDED_CHECKPOINTS:
+        path = resolve_checkpoint(str(path))
     tensors, _ = load_weights(Path(path))
     own = model.backbone.state_dict()
     matched = {}
@@ -235,7 +240,21 @@ def load_backbone(model: KE2NT, path: Path) -> int:
     if not matched:
         raise UsageError(f"{path}: no tensor matches the backbone '{model.architecture.backbone}'")
     model.backbone.load_state_dict(matched, strict=False)
-    log.info("initialised %d of %d backbone tensors from %s", len(matched), len(own), Path(path).name)
+    head = model.projection.state_dict()
+    projection = {
+        key: tensors[f"projection.{key}"].to(value.dtype)
+        for key, value in head.items()
+        if f"projection.{key}" in tensors and tensors[f"projection.{key}"].shape == value.shape
+    }
+    if len(projection) == len(head):  # all of a trained head or none of it
+        model.projection.load_state_dict(projection)
+    log.info(
+        "initialised %d of %d backbone tensors%s from %s",
+        len(matched),
+        len(own),
+        " and the projection head" if len(projection) == len(head) else "",
+        Path(path).name,
+    )
     return len(matched)
 
 

@@ -68,3 +68,32 @@ def test_train_with_a_teacher_records_it_by_name(ferplus_root: Path, teacher: Pa
     training = load_checkpoint(out).metadata["training"]
     assert training["teacher"] == "teacher.safetensors" and training["teacher_weight"] == 0.7
     assert (tmp_path / "teachers").is_dir()
+
+
+def test_init_from_a_checkpoint_starts_from_its_backbone_and_head(tmp_path: Path) -> None:
+    import torch
+
+    from fermon.model import load_architecture
+    from training.loop import TrainConfig, build_training_model
+
+    source = tmp_path / "trained.safetensors"
+    write_untrained_checkpoint(source, seed=5)
+    stored = load_checkpoint(source).tensors
+    config = TrainConfig(root=tmp_path, init=source)
+    model = build_training_model(config, load_architecture("cnn48"), torch.randn(8, 384))
+    for name, tensor in model.state_dict().items():
+        if name.startswith(("backbone.", "projection.")):
+            torch.testing.assert_close(tensor, stored[name].to(tensor.dtype), msg=name)
+
+
+def test_init_accepts_an_embedded_model_by_name(tmp_path: Path) -> None:
+    import torch
+
+    from fermon.model import load_architecture
+    from training.loop import TrainConfig, build_training_model
+
+    model = build_training_model(
+        TrainConfig(root=tmp_path, init=Path("default")), load_architecture("cnn48"), torch.randn(8, 384)
+    )
+    stored = load_checkpoint("default").tensors
+    torch.testing.assert_close(model.projection[0].weight, stored["projection.0.weight"].float())
