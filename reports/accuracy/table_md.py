@@ -21,6 +21,10 @@ ROWS = [
     ("ke2nt-from-contrastive", "KE2NT from the plain-contrastive backbone", "all"),
     ("ke2nt-10pct", "KE2NT, from scratch", "10%"),
     ("ke2nt-10pct-from-hncl", "KE2NT from the HNCL backbone", "10%"),
+    # The shipped models on their own budgets (reports/accuracy/shipped.sh), not the 6-epoch recipe.
+    ("previous-default", "previous `default`: KE2NT, cnn48, 30 epochs from scratch", "all"),
+    ("accurate", "`accurate`: KE2NT from dlib's ResNet, 112 px, 12 epochs", "all"),
+    ("default", "`default`: cnn48 distilled from `accurate`, 8 more epochs", "all"),
 ]
 OCCLUSIONS = ("eyes", "mouth", "random")
 
