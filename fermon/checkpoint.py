@@ -4,7 +4,8 @@ Metadata (key ``fermon`` of the safetensors header, a JSON object): ``format``, 
 ``method``, ``architecture`` (the whole :class:`~fermon.model.Architecture`), ``class_names`` in
 logit order, ``prompts``, ``text_encoder``, ``crop`` (template points, size and colour),
 ``temperature`` (calibration, applied at inference), ``class_bias`` (optional per-class offsets
-added after the temperature: a prior adjustment for the rare classes), ``training`` (data, recipe), ``metrics``
+added after the temperature: a prior adjustment for the rare classes), ``flip_average`` (logits
+averaged over each crop and its mirror image), ``training`` (data, recipe), ``metrics``
 (validation figures) and ``content_sha256``, a hash of the tensors that loading verifies. The
 class text embeddings are the tensor ``class_embeddings``.
 """
@@ -109,6 +110,12 @@ class Checkpoint:
         zeros for checkpoints without one)."""
         bias = self.metadata.get("class_bias")
         return np.zeros(len(self.class_names), np.float32) if bias is None else np.asarray(bias, np.float32)
+
+    @property
+    def flip_average(self) -> bool:
+        """Whether the model reads each crop and its mirror image and averages their logits (its
+        temperature was fitted on the averaged logits)."""
+        return bool(self.metadata.get("flip_average", False))
 
     @property
     def short_hash(self) -> str:

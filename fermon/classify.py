@@ -103,7 +103,14 @@ class ExpressionClassifier:
         return self.checkpoint.architecture
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
-        return batched_logits(self.model, crops, self.device, self.batch_size, self.autocast_dtype)
+        """Raw logits; for a checkpoint exported with ``flip_average`` the mean over each crop and its mirror."""
+        logits = batched_logits(self.model, crops, self.device, self.batch_size, self.autocast_dtype)
+        if self.checkpoint.flip_average:
+            mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+            logits = (
+                logits + batched_logits(self.model, mirrored, self.device, self.batch_size, self.autocast_dtype)
+            ) / 2
+        return logits
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, float32 (N, classes) in ``class_names`` order."""

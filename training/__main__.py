@@ -82,6 +82,9 @@ def train(
     prior_adjustment: Annotated[
         bool, typer.Option(help="Choose a logit adjustment for the rare classes on validation at export.")
     ] = True,
+    flip_average: Annotated[
+        bool, typer.Option(help="The model averages each face with its mirror image at run time (2x the cost).")
+    ] = False,
 ) -> None:
     """Train one model (resuming if its state exists) and export its best validation epoch."""
     from training.export import export_run
@@ -141,6 +144,7 @@ def train(
             name or f"{method}-{architecture}-{dataset}",
             half=not full_precision,
             adjust_prior=prior_adjustment,
+            flip_average=flip_average,
         )
     except FermonError as error:
         _fail(error)

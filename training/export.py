@@ -80,11 +80,19 @@ def crop_metadata(template_name: str, colour: str, size: int | None = None) -> d
 
 
 def export_run(
-    result: TrainResult, val: LabelledFaces, out: Path, name: str, half: bool = True, adjust_prior: bool = True
+    result: TrainResult,
+    val: LabelledFaces,
+    out: Path,
+    name: str,
+    half: bool = True,
+    adjust_prior: bool = True,
+    flip_average: bool = False,
 ) -> dict[str, Any]:
     """Best-epoch weights to ``out``; returns the checkpoint metadata (validation metrics included).
 
-    With ``adjust_prior`` (and a training prior) the prior adjustment is chosen on ``val`` too.
+    With ``adjust_prior`` (and a training prior) the prior adjustment is chosen on ``val`` too. With
+    ``flip_average`` the checkpoint averages each crop's logits with its mirror's at run time (twice
+    the classification cost), and its temperature is fitted on those averaged logits.
     """
     architecture = result.architecture
     model = KE2NT(architecture, result.class_embeddings, logit_scale=result.config.logit_scale)
@@ -97,6 +105,8 @@ def export_run(
     stored = stored_tensors(model, half)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()})
     logits = batched_logits(model, val.images, torch.device("cpu"))
+    if flip_average:
+        logits = (logits + batched_logits(model, np.ascontiguousarray(val.images[:, :, ::-1]), torch.device("cpu"))) / 2
     bias, adjustment = np.zeros(len(result.class_names)), None
     if adjust_prior and result.class_prior is not None:
         tau, temperature, grid = fit_prior_adjustment(logits, val.labels, result.class_prior, val.class_names)
@@ -119,6 +129,7 @@ def export_run(
         "temperature": temperature,
         "class_bias": [float(b) for b in bias] if adjustment and adjustment["tau"] > 0 else None,
         "prior_adjustment": adjustment,
+        "flip_average": flip_average,
         "fermon_version": fermon.__version__,
         "training": {
             "dataset": config.dataset,

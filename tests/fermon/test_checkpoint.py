@@ -117,3 +117,21 @@ def test_class_bias_moves_probabilities_as_metadata_says(tmp_path: Path) -> None
     logits = plain.logits(crops)
     np.testing.assert_allclose(plain.predict(crops), softmax(logits, 0.7), atol=1e-5)
     np.testing.assert_allclose(biased.predict(crops), softmax(logits / 0.7 + np.array(bias)), atol=1e-5)
+
+
+def test_flip_average_reads_each_crop_and_its_mirror(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fermon.classify import ExpressionClassifier, softmax
+
+    model = _model()
+    metadata = {"name": "m", "class_names": [f"c{i}" for i in range(8)], "temperature": 0.9}
+    save_checkpoint(tmp_path / "plain.safetensors", model, metadata)
+    save_checkpoint(tmp_path / "flip.safetensors", model, {**metadata, "flip_average": True})
+    crops = np.random.default_rng(1).integers(0, 255, (4, 48, 48, 1), dtype=np.uint8)
+    plain = ExpressionClassifier.load(tmp_path / "plain.safetensors", device="cpu")
+    flipped = ExpressionClassifier.load(tmp_path / "flip.safetensors", device="cpu")
+    averaged = (plain.logits(crops) + plain.logits(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+    assert not np.allclose(averaged, plain.logits(crops), atol=1e-4)
+    np.testing.assert_allclose(flipped.logits(crops), averaged, atol=1e-5)
+    np.testing.assert_allclose(flipped.predict(crops), softmax(averaged, 0.9), atol=1e-5)
