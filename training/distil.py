@@ -1,7 +1,7 @@
 """Knowledge distillation: a teacher checkpoint's probabilities mixed into the training targets.
 
 The teacher (e.g. the `accurate` dlib model) reads every training face once, at its own input size
-and colour, and its calibrated probabilities (averaged with those of the mirrored face) are cached
+and colour, and its calibrated probabilities (averaged over the face and its mirror image) are cached
 under ``~/.cache/fermon/teachers``. The student then trains on
 ``(1 - weight) * votes + weight * teacher`` with its usual augmentation: soft targets that carry
 what the teacher knows about similar classes, beside the annotators' votes.
@@ -13,10 +13,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fermon.checkpoint import load_checkpoint
-from fermon.classify import batched_logits, softmax
+from fermon.classify import ExpressionClassifier
 from fermon.errors import UsageError
 from training.datasets import LabelledFaces, read_dataset
 
@@ -41,12 +40,12 @@ def teacher_probabilities(
     faces = read_dataset(dataset, root, "train", architecture.input_size, architecture.colour, limit)
     if not np.array_equal(faces.labels, expected.labels):
         raise UsageError(f"teacher {checkpoint.path.name}: its reading of {dataset} is not the student's")
-    model = checkpoint.build_model()
+    # The classifier applies what the checkpoint says: temperature, prior adjustment, flip averaging.
+    classifier = ExpressionClassifier(checkpoint, device="cpu", batch_size=256)
     log.info("teacher %s reads %d training faces", checkpoint.path.name, len(faces))
-    with torch.inference_mode():
-        plain = batched_logits(model, faces.images)
-        mirrored = batched_logits(model, np.ascontiguousarray(faces.images[:, :, ::-1]))
-    probabilities = (softmax(plain, checkpoint.temperature) + softmax(mirrored, checkpoint.temperature)) / 2
+    probabilities = classifier.predict(faces.images)
+    if not checkpoint.flip_average:
+        probabilities = (probabilities + classifier.predict(np.ascontiguousarray(faces.images[:, :, ::-1]))) / 2
     cache.parent.mkdir(parents=True, exist_ok=True)
     temporary = cache.with_suffix(".tmp.npy")
     np.save(temporary, probabilities.astype(np.float32))
