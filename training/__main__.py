@@ -58,7 +58,10 @@ def train(
         float, typer.Option(help="Fraction of training images with the template's eyes or mouth hidden.")
     ] = 0.0,
     teacher: Annotated[
-        Optional[str], typer.Option(help="Distil: a checkpoint (name or path) whose probabilities join the targets.")
+        Optional[list[str]],
+        typer.Option(
+            help="Distil: a checkpoint (name or path) whose probabilities join the targets; repeat for an ensemble."
+        ),
     ] = None,
     teacher_weight: Annotated[float, typer.Option(help="Distil: the teacher's share of each target.")] = 0.5,
     text_encoder: Annotated[str, typer.Option(help="minilm[:PATH] or open_clip:ARCH@WEIGHTS.")] = "minilm",
@@ -109,7 +112,7 @@ def train(
         backbone_lr_scale=backbone_lr_scale,
         backbone_norm=backbone_norm,
         region_occlusion=region_occlusion,
-        teacher=teacher,
+        teachers=tuple(teacher or ()),
         teacher_weight=teacher_weight,
         text_encoder=text_encoder,
         center_text=center_text,

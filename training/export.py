@@ -147,8 +147,8 @@ def export_run(
             "backbone_norm": config.backbone_norm,
             "region_occlusion": config.region_occlusion,
             # A file name or an embedded model's name, never a path (checkpoints travel).
-            "teacher": Path(config.teacher).name if config.teacher else None,
-            "teacher_weight": config.teacher_weight if config.teacher else None,
+            "teachers": [Path(teacher).name for teacher in config.teachers] or None,
+            "teacher_weight": config.teacher_weight if config.teachers else None,
             **({"notes": config.extra} if config.extra else {}),
         },
         "metrics": {

@@ -117,8 +117,8 @@ class TrainConfig:
     backbone_norm: str = "affine"
     # Fraction of images with the template's eye or mouth region hidden (training/augment.py).
     region_occlusion: float = 0.0
-    # Distillation (training/distil.py): a teacher checkpoint's probabilities mixed into the targets.
-    teacher: str | None = None
+    # Distillation (training/distil.py): teacher checkpoints whose mean probabilities join the targets.
+    teachers: tuple[str, ...] = ()
     teacher_weight: float = 0.5
     # A safetensors file, or DLIB_INIT for dlib's own weights.
     init: Path | None = None
@@ -318,8 +318,11 @@ def _load_data(config: TrainConfig, architecture: Architecture) -> tuple[Labelle
         raise UsageError(f"{config.root}: no training images for dataset '{config.dataset}'")
     if config.label_mode == "majority":
         train.targets = np.eye(len(train.class_names), dtype=np.float32)[train.labels]
-    if config.teacher:
-        taught = teacher_probabilities(config.teacher, config.dataset, Path(config.root), config.limit, train)
+    if config.teachers:
+        taught = np.mean(
+            [teacher_probabilities(t, config.dataset, Path(config.root), config.limit, train) for t in config.teachers],
+            axis=0,
+        )
         train.targets = mix_targets(train.targets, taught, config.teacher_weight)
     return train, val
 

@@ -66,7 +66,7 @@ def test_train_with_a_teacher_records_it_by_name(ferplus_root: Path, teacher: Pa
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     training = load_checkpoint(out).metadata["training"]
-    assert training["teacher"] == "teacher.safetensors" and training["teacher_weight"] == 0.7
+    assert training["teachers"] == ["teacher.safetensors"] and training["teacher_weight"] == 0.7
     assert (tmp_path / "teachers").is_dir()
 
 
@@ -97,3 +97,17 @@ def test_init_accepts_an_embedded_model_by_name(tmp_path: Path) -> None:
     )
     stored = load_checkpoint("default").tensors
     torch.testing.assert_close(model.projection[0].weight, stored["projection.0.weight"].float())
+
+
+def test_two_teachers_teach_their_mean(ferplus_root: Path, teacher: Path, tmp_path: Path) -> None:
+    from fermon.model import load_architecture
+    from training.loop import TrainConfig, _load_data
+
+    second = tmp_path / "second.safetensors"
+    write_untrained_checkpoint(second, seed=9)
+    config = TrainConfig(root=ferplus_root, teachers=(str(teacher), str(second)), teacher_weight=0.6)
+    train, _ = _load_data(config, load_architecture("cnn48"))
+    votes = read_dataset("ferplus", ferplus_root, "train", 48, "gray").targets
+    each = [distil.teacher_probabilities(str(t), "ferplus", ferplus_root, None, train) for t in (teacher, second)]
+    np.testing.assert_allclose(train.targets, distil.mix_targets(votes, (each[0] + each[1]) / 2, 0.6), atol=1e-6)
+    assert not np.allclose(each[0], each[1], atol=1e-4)
