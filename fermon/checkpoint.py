@@ -55,14 +55,14 @@ def default_checkpoint_path() -> Path:
 def checkpoint_for_device(spec: str | None, device: str) -> str:
     """The checkpoint a run uses: the one named, or for ``auto``/None the embedded model for the device.
 
-    On a GPU (``--device cuda``, or ``auto`` where CUDA is available) that is ``accurate``: the larger
-    network costs little there. On a CPU it is ``default``, the small model that keeps a night's
-    batch fast.
+    On a GPU (``--device cuda``, or ``auto`` where CUDA is available) that is ``accurate`` where this
+    installation ships it: the larger network costs little there. On a CPU, or without ``accurate``,
+    it is ``default``, the small model that keeps a night's batch fast.
     """
     if spec is not None and spec != AUTO_CHECKPOINT:
         return spec
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return "accurate" if on_gpu else "default"
+    return "accurate" if on_gpu and embedded_checkpoint_path("accurate").is_file() else "default"
 
 
 def resolve_checkpoint(spec: str | os.PathLike[str] | None) -> Path:
@@ -178,7 +178,10 @@ def load_checkpoint(spec: str | os.PathLike[str] | None = None) -> Checkpoint:
     path = resolve_checkpoint(spec)
     if not path.is_file():
         if str(spec) in EMBEDDED_CHECKPOINTS:
-            raise ModelError(f"{path.name}: the embedded model '{spec}' is missing from this installation")
+            raise ModelError(
+                f"{path.name}: the embedded model '{spec}' is not in this version of fermon "
+                "(reports/accuracy.md says why); name a checkpoint file instead"
+            )
         raise ModelError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as handle:

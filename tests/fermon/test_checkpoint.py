@@ -89,15 +89,24 @@ def test_embedded_names_resolve_inside_the_package() -> None:
 
 
 def test_a_gpu_run_uses_accurate_unless_a_checkpoint_is_named() -> None:
-    from fermon.checkpoint import checkpoint_for_device
+    from fermon.checkpoint import checkpoint_for_device, embedded_checkpoint_path
 
-    assert checkpoint_for_device("auto", "cuda") == "accurate"
-    assert checkpoint_for_device(None, "cuda") == "accurate"
+    gpu_model = "accurate" if embedded_checkpoint_path("accurate").is_file() else "default"
+    assert checkpoint_for_device("auto", "cuda") == gpu_model
+    assert checkpoint_for_device(None, "cuda") == gpu_model
     assert checkpoint_for_device("auto", "cpu") == "default"
     assert checkpoint_for_device("fast", "cuda") == "fast"
     assert checkpoint_for_device("mine.safetensors", "cuda") == "mine.safetensors"
-    expected = "accurate" if torch.cuda.is_available() else "default"
-    assert checkpoint_for_device("auto", "auto") == expected
+    assert checkpoint_for_device("auto", "auto") == (gpu_model if torch.cuda.is_available() else "default")
+
+
+def test_an_embedded_model_this_version_lacks_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fermon import checkpoint
+
+    monkeypatch.setitem(checkpoint.EMBEDDED_CHECKPOINTS, "accurate", "not-shipped.safetensors")
+    with pytest.raises(ModelError, match="embedded model 'accurate' is not in this version") as caught:
+        load_checkpoint("accurate")
+    assert "\n" not in str(caught.value) and "/" not in str(caught.value).split(":")[0]
 
 
 def test_class_bias_moves_probabilities_as_metadata_says(tmp_path: Path) -> None:
