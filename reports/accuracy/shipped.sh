@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Reproduces the two embedded models and their rows in reports/accuracy.md (issue 14):
+# Reproduces the issue-14 runs and their rows in reports/accuracy.md:
 #   accurate: KE2NT on dlib's face-recognition ResNet (dlib112: 112 px grey), batch norms put back,
-#             eye/mouth occlusion in training, 12 epochs;
-#   default:  the 48 px CPU model (cnn48) fine-tuned from the previous default for 8 epochs on the
-#             FERPlus votes mixed half and half with accurate's flip-averaged probabilities.
+#             eye/mouth occlusion in training, 12 epochs (80.0% on validation: below the default,
+#             so not shipped; the file name is the model it was meant to be);
+#   default:  the 48 px CPU model (cnn48) fine-tuned from the previous default for 6 epochs with
+#             eye/mouth occlusion, on the FERPlus votes mixed half and half with the previous
+#             default's own flip-averaged probabilities (the dlib run, alone or in an ensemble, was
+#             a worse teacher on validation: reports/accuracy/ensemble.json).
 # Validation split only. Resumable: each run keeps its state per epoch under ~/.cache/fermon/runs/,
-# so rerunning the script continues where it stopped. Then copy WORK/accurate.safetensors and
-# WORK/default.safetensors to fermon/weights/ (ke2nt_dlib112_ferplus, ke2nt_cnn48_ferplus).
+# so rerunning the script continues where it stopped. WORK/default.safetensors is what
+# fermon/weights/ke2nt_cnn48_ferplus.safetensors holds where it beats the previous default.
 # Usage: reports/accuracy/shipped.sh FERPLUS_ROOT [WORK]   (WORK defaults to ~/.cache/fermon)
 set -euo pipefail
 root=$1
@@ -22,8 +25,8 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 previous=$work/previous-default.safetensors
 [[ -f $previous ]] || git -C "$here/../.." show 3907809:fermon/weights/ke2nt_cnn48_ferplus.safetensors > "$previous"
 [[ -f $work/default.safetensors ]] || python -m training train --dataset ferplus --root "$root" \
-    --method ke2nt --architecture cnn48 --init "$previous" --teacher "$work/accurate.safetensors" \
-    --teacher-weight 0.5 --region-occlusion 0.3 --epochs 8 --warmup-epochs 0.5 --batch-size 128 \
+    --method ke2nt --architecture cnn48 --init "$previous" --teacher "$previous" \
+    --teacher-weight 0.5 --region-occlusion 0.3 --epochs 6 --warmup-epochs 0.5 --batch-size 128 \
     --lr 0.02 --nesterov --logit-scale 30 --ema-decay 0.999 --seed 0 \
     --name ke2nt-cnn48-ferplus --out "$work/default.safetensors"
 
@@ -40,4 +43,5 @@ evaluate() {  # NAME CHECKPOINT: clean and each corruption, into reports/accurac
 evaluate previous-default "$previous"
 evaluate accurate "$work/accurate.safetensors"
 evaluate default "$work/default.safetensors"
+python "$here/ensemble.py" "$root" "$previous" "$work/accurate.safetensors" > "$here/ensemble.json"
 python "$here/table_md.py"
