@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fermon.errors import FermonError
+from fermon.errors import FermonError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and evaluate fermon's expression models.")
 
@@ -85,14 +85,20 @@ def train(
     prior_adjustment: Annotated[
         bool, typer.Option(help="Choose a logit adjustment for the rare classes on validation at export.")
     ] = True,
+    select: Annotated[
+        str, typer.Option(help="Weights to export: best (validation epoch) or last-ema (the final weight EMA).")
+    ] = "best",
     flip_average: Annotated[
         bool, typer.Option(help="The model averages each face with its mirror image at run time (2x the cost).")
     ] = False,
 ) -> None:
     """Train one model (resuming if its state exists) and export its best validation epoch."""
     from training.export import export_run
-    from training.loop import TrainConfig
+    from training.loop import SELECTIONS, TrainConfig, select_weights
     from training.loop import train as run_training
+
+    if select not in SELECTIONS:  # before hours of training, not after
+        _fail(UsageError(f"unknown --select '{select}'; known: {', '.join(SELECTIONS)}"))
 
     config = TrainConfig(
         root=root,
@@ -136,7 +142,7 @@ def train(
         )
 
     try:
-        result = run_training(config, on_epoch=report)
+        result = select_weights(run_training(config, on_epoch=report), select)
         from training.datasets import read_dataset
 
         val = read_dataset(dataset, root, config.val_split, result.architecture.input_size, result.architecture.colour)

@@ -138,6 +138,7 @@ def export_run(
             "label_mode": config.label_mode,
             "epochs": config.epochs,
             "best_epoch": result.best_epoch,
+            "selected_weights": result.selected,
             "batch_size": config.batch_size,
             "lr": config.learning_rate(),
             "seed": config.seed,

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from training.losses import KE2NTLoss
 from training.methods import get_method
 from training.metrics import classification_report
 from training.pmfer import forward_with_feature_map
-from training.state import load_state, load_weights, save_state, save_weights
+from training.state import load_state, load_weights, save_final_ema_weights, save_state, save_weights
 from training.text import DEFAULT_TEXT_ENCODER, create_text_encoder
 
 log = logging.getLogger("training")
@@ -168,6 +168,8 @@ class TrainResult:
     config: TrainConfig
     prompts: list[str] | None = None  # the class prompts behind class_embeddings (None for ce)
     class_prior: np.ndarray | None = None  # training-label frequencies (smoothed), for the prior adjustment
+    state_path: Path | None = None  # the run's resumable state (its last epoch's weights and EMA)
+    selected: str = "best"  # which weights best_weights holds: the best validation epoch, or the final EMA
 
 
 def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.Tensor:
@@ -464,7 +466,24 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
         config=config,
         prompts=method.prompts(train_data.class_names, config) if method.uses_text else None,
         class_prior=label_prior(train_data),
+        state_path=state_path,
     )
+
+
+SELECTIONS = ("best", "last-ema")
+
+
+def select_weights(result: TrainResult, selection: str) -> TrainResult:
+    """The weights to export: the best validation epoch's (``best``), or the weight EMA after the
+    last epoch (``last-ema``: for a fine-tuning whose gains, such as robustness to occlusion, the
+    clean validation accuracy that picks ``best`` does not see)."""
+    if selection not in SELECTIONS:
+        raise UsageError(f"unknown --select '{selection}'; known: {', '.join(SELECTIONS)}")
+    if selection == "best" or result.state_path is None:
+        return result
+    out = result.state_path.with_name("last-ema.safetensors")
+    save_final_ema_weights(result.state_path, out)
+    return replace(result, best_weights=out, best_epoch=len(result.history), selected=selection)
 
 
 def label_prior(data: LabelledFaces) -> np.ndarray:

@@ -15,6 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fermon.errors import UsageError
+
 _JSON_KEY = "state"
 
 
@@ -93,3 +95,15 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with safe_open(str(path), framework="pt") as handle:
         info = json.loads((handle.metadata() or {}).get(_JSON_KEY, "{}"))
         return {name: handle.get_tensor(name) for name in handle.keys()}, info
+
+
+def save_final_ema_weights(state_path: Path, out: Path) -> None:
+    """The weight EMA a run's state holds after its last epoch, as :func:`load_weights` reads weights."""
+    with safe_open(str(state_path), framework="pt") as handle:
+        info = json.loads(handle.metadata()[_JSON_KEY])
+        prefix = "ema.module."
+        tensors = {name[len(prefix) :]: handle.get_tensor(name) for name in handle.keys() if name.startswith(prefix)}
+    if not tensors:
+        raise UsageError(f"{state_path.parent.name}: the run kept no weight EMA (--ema-decay 0)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={_JSON_KEY: json.dumps({"epoch": info["epoch"] + 1, "weights": "ema"})})

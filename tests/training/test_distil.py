@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fermon.checkpoint import load_checkpoint, write_untrained_checkpoint
@@ -111,3 +112,30 @@ def test_two_teachers_teach_their_mean(ferplus_root: Path, teacher: Path, tmp_pa
     each = [distil.teacher_probabilities(str(t), "ferplus", ferplus_root, None, train) for t in (teacher, second)]
     np.testing.assert_allclose(train.targets, distil.mix_targets(votes, (each[0] + each[1]) / 2, 0.6), atol=1e-6)
     assert not np.allclose(each[0], each[1], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_select_last_ema_exports_the_final_weight_average(ferplus_root: Path, tmp_path: Path) -> None:
+    from training.state import load_weights
+
+    out = tmp_path / "last.safetensors"
+    args = ["train", "--root", str(ferplus_root), "--epochs", "2", "--batch-size", "8", "--limit", "16"]
+    args += ["--ema-decay", "0.5", "--select", "last-ema", "--full-precision", "--no-prior-adjustment"]
+    args += ["--state-dir", str(tmp_path / "s"), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.metadata["training"]["selected_weights"] == "last-ema"
+    assert checkpoint.metadata["training"]["best_epoch"] == 2
+    ema, _ = load_weights(tmp_path / "s" / "last-ema.safetensors")
+    for name in ("backbone.stages.0.0.0.weight", "projection.0.weight"):
+        if name in ema:
+            torch.testing.assert_close(checkpoint.tensors[name].float(), ema[name].float())
+    assert any(name in ema for name in ("backbone.stages.0.0.0.weight", "projection.0.weight"))
+
+
+def test_unknown_selection_fails_before_training(ferplus_root: Path, tmp_path: Path) -> None:
+    args = ["train", "--root", str(ferplus_root), "--select", "median", "--state-dir", str(tmp_path / "s")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 64 and "median" in result.output
+    assert not (tmp_path / "s").exists()
