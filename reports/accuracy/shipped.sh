@@ -27,7 +27,7 @@ previous=$work/previous-default.safetensors
 [[ -f $work/default.safetensors ]] || python -m training train --dataset ferplus --root "$root" \
     --method ke2nt --architecture cnn48 --init "$previous" --teacher "$previous" \
     --teacher-weight 0.5 --region-occlusion 0.3 --epochs 6 --warmup-epochs 0.5 --batch-size 128 \
-    --lr 0.02 --nesterov --logit-scale 30 --ema-decay 0.999 --seed 0 \
+    --lr 0.02 --nesterov --logit-scale 30 --ema-decay 0.999 --seed 0 --select last-ema \
     --name ke2nt-cnn48-ferplus --out "$work/default.safetensors"
 
 evaluate() {  # NAME CHECKPOINT: clean and each corruption, into reports/accuracy/table/NAME-*.json
