@@ -34,6 +34,14 @@ def write_ferplus(root: Path, split_folder: str = "FER2013Test", rows: list | No
     return root
 
 
+def write_ferplus_splits(root: Path, repeat: int) -> Path:
+    """Train, validation and test splits of ``FERPLUS_ROWS`` repeated ``repeat`` times, for training runs."""
+    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * repeat)]
+    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
+        write_ferplus(root, split, rows)
+    return root
+
+
 def write_rafdb(root: Path) -> Path:
     aligned = root / "Image" / "aligned"
     aligned.mkdir(parents=True)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fermon.checkpoint import load_checkpoint, write_untrained_checkpoint
 from fermon.classify import batched_logits, softmax
-from tests.fixtures import FERPLUS_ROWS, write_ferplus
+from tests.fixtures import write_ferplus_splits
 from training import distil
 from training.__main__ import app
 from training.datasets import read_dataset
@@ -21,11 +21,7 @@ runner = CliRunner()
 
 @pytest.fixture()
 def ferplus_root(tmp_path: Path) -> Path:
-    root = tmp_path / "ferplus"
-    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * 4)]
-    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
-        write_ferplus(root, split, rows)
-    return root
+    return write_ferplus_splits(tmp_path / "ferplus", repeat=4)
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ from fermon.dlib_resnet import (
     load_dlib_weights,
     read_dlib_network,
 )
-from tests.fixtures import FERPLUS_ROWS, write_ferplus
+from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.loop import TrainConfig, backbone_lr_groups
 
@@ -32,11 +32,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def ferplus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ferplus")
-    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * 6)]
-    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
-        write_ferplus(root, split, rows)
-    return root
+    return write_ferplus_splits(tmp_path_factory.mktemp("ferplus"), repeat=6)
 
 
 @pytest.fixture(scope="module")

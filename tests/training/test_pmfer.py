@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from fermon.checkpoint import load_checkpoint
-from tests.fixtures import FERPLUS_ROWS, write_ferplus
+from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.pmfer import (
     CrossAttentionPredictor,
@@ -120,11 +120,7 @@ def test_discriminator_loss_covers_both_modalities_and_reverses_only_the_image_s
 
 @pytest.fixture(scope="module")
 def ferplus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ferplus")
-    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * 4)]
-    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
-        write_ferplus(root, split, rows)
-    return root
+    return write_ferplus_splits(tmp_path_factory.mktemp("ferplus"), repeat=4)
 
 
 def test_train_pmfer_one_epoch_gives_an_ordinary_checkpoint(ferplus_root: Path, tmp_path: Path) -> None:

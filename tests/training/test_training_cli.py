@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fermon.checkpoint import load_checkpoint
-from tests.fixtures import FERPLUS_ROWS, write_ferplus
+from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.methods import get_method, method_names
 
@@ -19,11 +19,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def ferplus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ferplus")
-    rows = [(f"fer{i:07d}.png", votes) for i, (_, votes) in enumerate(FERPLUS_ROWS * 6)]
-    for split in ("FER2013Train", "FER2013Valid", "FER2013Test"):
-        write_ferplus(root, split, rows)
-    return root
+    return write_ferplus_splits(tmp_path_factory.mktemp("ferplus"), repeat=6)
 
 
 @pytest.mark.parametrize("method", method_names())  # every registered method: a new one is tested by adding it
