@@ -84,6 +84,8 @@ class ExpressionClassifier:
         self.batch_size = batch_size
         self.model = checkpoint.build_model().to(self.device).to(memory_format=torch.channels_last)
         self.autocast_dtype = inference_dtype(self.device)
+        # Read from the metadata once, not per batch.
+        self.temperature, self.class_bias = checkpoint.temperature, checkpoint.class_bias
         if self.autocast_dtype is torch.bfloat16:
             # bfloat16 weights rather than autocast: autocast re-casts the weights on every call,
             # which costs as much as the convolutions for small batches.
@@ -114,5 +116,5 @@ class ExpressionClassifier:
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, float32 (N, classes) in ``class_names`` order."""
-        tempered = self.logits(crops) / self.checkpoint.temperature + self.checkpoint.class_bias
+        tempered = self.logits(crops) / self.temperature + self.class_bias
         return softmax(tempered).astype(np.float32)
