@@ -88,17 +88,27 @@ def train(
     select: Annotated[
         str, typer.Option(help="Weights to export: best (validation epoch) or last-ema (the final weight EMA).")
     ] = "best",
+    select_on: Annotated[
+        str,
+        typer.Option(
+            help="What picks the best epoch: accuracy (clean validation) or robust (the mean of clean, "
+            "eyes-covered and mouth-covered validation accuracy)."
+        ),
+    ] = "accuracy",
     flip_average: Annotated[
         bool, typer.Option(help="The model averages each face with its mirror image at run time (2x the cost).")
     ] = False,
 ) -> None:
     """Train one model (resuming if its state exists) and export its best validation epoch."""
+    from training.config import TrainConfig
     from training.export import export_run
-    from training.loop import SELECTIONS, TrainConfig, select_weights
     from training.loop import train as run_training
+    from training.selection import SELECTIONS, VALIDATION_SCORES, select_weights
 
     if select not in SELECTIONS:  # before hours of training, not after
         _fail(UsageError(f"unknown --select '{select}'; known: {', '.join(SELECTIONS)}"))
+    if select_on not in VALIDATION_SCORES:
+        _fail(UsageError(f"unknown --select-on '{select_on}'; known: {', '.join(VALIDATION_SCORES)}"))
 
     config = TrainConfig(
         root=root,
@@ -118,6 +128,7 @@ def train(
         backbone_lr_scale=backbone_lr_scale,
         backbone_norm=backbone_norm,
         region_occlusion=region_occlusion,
+        select_on=select_on,
         teachers=tuple(teacher or ()),
         teacher_weight=teacher_weight,
         text_encoder=text_encoder,

@@ -14,9 +14,9 @@ from fermon.checkpoint import save_checkpoint, stored_tensors
 from fermon.classify import batched_logits, softmax
 from fermon.model import KE2NT
 from fermon.vocab import crop_template
+from training.config import TrainResult
 from training.datasets import LabelledFaces
 from training.dlib_init import fold_batchnorms
-from training.loop import TrainResult
 from training.methods import get_method
 from training.metrics import classification_report, negative_log_likelihood
 from training.state import load_weights
@@ -144,6 +144,7 @@ def export_run(
             "seed": config.seed,
             "init": Path(config.init).name if config.init else None,
             "selected_on": config.val_split,
+            "selection_score": config.select_on,
             "backbone_lr_scale": config.backbone_lr_scale,
             "backbone_norm": config.backbone_norm,
             "region_occlusion": config.region_occlusion,

@@ -208,7 +208,7 @@ class ProjectionHead(nn.Module):
 
 
 class PretrainModel(nn.Module):
-    """A backbone (its keys start with ``backbone.``, as :func:`training.loop.load_backbone` reads) and a head."""
+    """A backbone (its keys start with ``backbone.``, as :func:`training.build.load_backbone` reads) and a head."""
 
     def __init__(self, architecture: Architecture) -> None:
         super().__init__()

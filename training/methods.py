@@ -21,7 +21,7 @@ from training.vocabulary import class_prompts
 
 if TYPE_CHECKING:
     from fermon.model import KE2NT
-    from training.loop import TrainConfig
+    from training.config import TrainConfig
 
 
 class TrainingExtra(Protocol):

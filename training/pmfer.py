@@ -44,7 +44,7 @@ from training.vocabulary import action_unit_phrases, prompt_templates
 
 if TYPE_CHECKING:
     from fermon.model import KE2NT
-    from training.loop import TrainConfig
+    from training.config import TrainConfig
 
 PHRASE_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
 
@@ -104,7 +104,7 @@ class MaskedPrompts:
 
 
 def centred(embeddings: torch.Tensor) -> torch.Tensor:
-    """Remove the shared component (see ``training.loop.class_embeddings_for``), then renormalise."""
+    """Remove the shared component (see ``training.build.class_embeddings_for``), then renormalise."""
     return F.normalize(embeddings - embeddings.mean(dim=0, keepdim=True), dim=-1)
 
 

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from training.loop import TrainConfig, train
+from training.config import TrainConfig
+from training.loop import train
 
 CASES = [("batch", 0.01), ("batch", 0.03), ("affine", 0.002)]
 

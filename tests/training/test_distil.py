@@ -71,7 +71,8 @@ def test_init_from_a_checkpoint_starts_from_its_backbone_and_head(tmp_path: Path
     import torch
 
     from fermon.model import load_architecture
-    from training.loop import TrainConfig, build_training_model
+    from training.build import build_training_model
+    from training.config import TrainConfig
 
     source = tmp_path / "trained.safetensors"
     write_untrained_checkpoint(source, seed=5)
@@ -87,7 +88,8 @@ def test_init_accepts_an_embedded_model_by_name(tmp_path: Path) -> None:
     import torch
 
     from fermon.model import load_architecture
-    from training.loop import TrainConfig, build_training_model
+    from training.build import build_training_model
+    from training.config import TrainConfig
 
     model = build_training_model(
         TrainConfig(root=tmp_path, init=Path("default")), load_architecture("cnn48"), torch.randn(8, 384)
@@ -98,7 +100,8 @@ def test_init_accepts_an_embedded_model_by_name(tmp_path: Path) -> None:
 
 def test_two_teachers_teach_their_mean(ferplus_root: Path, teacher: Path, tmp_path: Path) -> None:
     from fermon.model import load_architecture
-    from training.loop import TrainConfig, _load_data
+    from training.config import TrainConfig
+    from training.loop import _load_data
 
     second = tmp_path / "second.safetensors"
     write_untrained_checkpoint(second, seed=9)

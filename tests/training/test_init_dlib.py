@@ -21,7 +21,8 @@ from fermon.dlib_resnet import (
 )
 from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
-from training.loop import TrainConfig, backbone_lr_groups
+from training.build import backbone_lr_groups
+from training.config import TrainConfig
 
 runner = CliRunner()
 
