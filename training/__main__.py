@@ -148,7 +148,10 @@ def train(
     def report(record: dict) -> None:
         typer.echo(
             f"epoch {record['epoch']}/{epochs}  loss {record['train_total']:.3f}  "
-            f"val acc {record['val_accuracy']:.4f}  nll {record['val_nll']:.3f}  ({record['seconds']:.0f} s)",
+            f"val acc {record['val_accuracy']:.4f}  nll {record['val_nll']:.3f}"
+            + (f"  eyes {record['val_eyes_accuracy']:.4f}" if "val_eyes_accuracy" in record else "")
+            + (f"  mouth {record['val_mouth_accuracy']:.4f}" if "val_mouth_accuracy" in record else "")
+            + f"  ({record['seconds']:.0f} s)",
             err=True,
         )
 

@@ -73,6 +73,7 @@ def test_train_selecting_on_the_robust_score_records_it(ferplus_root: Path, tmp_
     args += ["--select-on", "robust", "--state-dir", str(tmp_path / "s"), "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "eyes " in result.output and "mouth " in result.output  # each epoch's line shows them
     records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     for record in records:
         covered = (record["val_accuracy"] + record["val_eyes_accuracy"] + record["val_mouth_accuracy"]) / 3
