@@ -30,3 +30,10 @@ def crop_template(name: str) -> dict[str, Any]:
     if name not in templates:
         raise ModelError(f"unknown crop template '{name}'; known: {', '.join(sorted(templates))}")
     return dict(templates[name])
+
+
+def template_points(name: str, size: int | None = None) -> list[list[float]]:
+    """The template's five landmark positions scaled to a ``size`` px crop (its own size by default)."""
+    template = crop_template(name)
+    scale = (size or template["size"]) / float(template["size"])
+    return [[x * scale, y * scale] for x, y in template["points"]]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from fermon.model import Architecture
-from fermon.vocab import crop_template
+from fermon.vocab import template_points
 from training.corruptions import region_box
 
 REGIONS = ("eyes", "mouth")
@@ -51,9 +51,7 @@ class Augmentation:
 
     @classmethod
     def for_architecture(cls, architecture: Architecture, region_occlusion: float = 0.0) -> Augmentation:
-        template = crop_template(architecture.crop)
-        scale = architecture.input_size / float(template["size"])
-        points = tuple((x * scale, y * scale) for x, y in template["points"])
+        points = tuple((x, y) for x, y in template_points(architecture.crop, architecture.input_size))
         return cls(
             pixel_mean=tuple(architecture.mean),
             pixel_std=tuple(architecture.std),

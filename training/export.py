@@ -13,7 +13,7 @@ import fermon
 from fermon.checkpoint import save_checkpoint, stored_tensors
 from fermon.classify import batched_logits, softmax
 from fermon.model import KE2NT
-from fermon.vocab import crop_template
+from fermon.vocab import crop_template, template_points
 from training.config import TrainResult
 from training.datasets import LabelledFaces
 from training.dlib_init import fold_batchnorms
@@ -72,11 +72,8 @@ def fit_prior_adjustment(
 def crop_metadata(template_name: str, colour: str, size: int | None = None) -> dict[str, Any]:
     """The face crop a checkpoint's network takes: the template's points scaled to its input ``size``
     (a 48 px template framing a 112 px network's input), so that run time crops what training saw."""
-    template = crop_template(template_name)
-    size = int(size or template["size"])
-    scale = size / float(template["size"])
-    points = [[x * scale, y * scale] for x, y in template["points"]]
-    return {"template": template_name, "size": size, "points": points, "colour": colour}
+    size = int(size or crop_template(template_name)["size"])
+    return {"template": template_name, "size": size, "points": template_points(template_name, size), "colour": colour}
 
 
 def export_run(

@@ -20,7 +20,7 @@ from timm.utils import ModelEmaV3
 from fermon.classify import batched_logits, softmax
 from fermon.errors import UsageError
 from fermon.model import Architecture
-from fermon.vocab import crop_template
+from fermon.vocab import template_points
 from training.config import TrainResult
 from training.corruptions import apply_corruption
 from training.datasets import LabelledFaces
@@ -44,8 +44,7 @@ class Validation:
             raise UsageError(f"unknown --select-on '{score}'; known: {', '.join(VALIDATION_SCORES)}")
         if score == "accuracy":
             return cls(clean)
-        template = crop_template(architecture.crop)
-        points = np.asarray(template["points"], np.float32) * architecture.input_size / template["size"]
+        points = np.asarray(template_points(architecture.crop, architecture.input_size), np.float32)
         return cls(clean, {r: apply_corruption(r, clean.images, points, seed=0) for r in OCCLUDED_REGIONS})
 
 
