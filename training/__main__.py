@@ -29,7 +29,7 @@ def train(
         str, typer.Option(help="ke2nt, pmfer (action-unit prompts) or ce (cross-entropy baseline).")
     ] = "ke2nt",
     architecture: Annotated[
-        str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, dlib112, or any timm name.")
+        str, typer.Option(help="cnn48, resnet18_112, swin_tiny_112, dlib112 (dlib150, dlib112_stage3), or a timm name.")
     ] = "cnn48",
     epochs: int = 50,
     batch_size: int = 64,

@@ -54,13 +54,32 @@ def require_dlib_backbone(model: KE2NT) -> DlibResNet:
 def load_dlib_backbone(model: KE2NT) -> int:
     """dlib's weights into the backbone, balanced between each convolution and its affine.
 
-    Balancing keeps the function and makes the affine-only network trainable with SGD.
+    Balancing keeps the function and makes the affine-only network trainable with SGD. A backbone
+    cut after one of dlib's stages (``backbone_kwargs`` widths and depths a prefix of dlib's) takes
+    the released network's first layers: it computes that network's features at the cut.
     """
     backbone = require_dlib_backbone(model)
-    loaded = load_dlib_weights(backbone, read_dlib_network(dlib_weights_path()))
-    balance_for_training(backbone)
-    log.info("initialised %d of %d backbone tensors from dlib's ResNet", loaded, len(backbone.state_dict()))
-    return loaded
+    released = DlibResNet(in_chans=backbone.in_chans)
+    load_dlib_weights(released, read_dlib_network(dlib_weights_path()))
+    balance_for_training(released)
+    tensors = leading_tensors(released, backbone)
+    backbone.load_state_dict(tensors, strict=False)
+    log.info("initialised %d of %d backbone tensors from dlib's ResNet", len(tensors), len(backbone.state_dict()))
+    return len(tensors)
+
+
+def leading_tensors(released: DlibResNet, backbone: DlibResNet) -> dict[str, torch.Tensor]:
+    """The released network's tensors for ``backbone``: all of them, or those of its first blocks.
+
+    Only the descriptor's projection (``embedding``, unused by the classifier) may be left out,
+    where a cut backbone's feature is narrower than dlib's 256.
+    """
+    own, source = backbone.state_dict(), released.state_dict()
+    tensors = {name: source[name] for name in own if name in source and source[name].shape == own[name].shape}
+    missing = [name for name in own if name not in tensors and not name.startswith("embedding.")]
+    if missing:
+        raise UsageError(f"the dlib_resnet backbone is not a prefix of dlib's network: {', '.join(missing[:3])}")
+    return tensors
 
 
 @torch.no_grad()

@@ -102,12 +102,15 @@ def _train(root: Path, tmp_path: Path, *extra: str) -> tuple[int, str, Path]:
 
 @needs_dlib
 @pytest.mark.slow
-def test_batchnorm_run_exports_a_checkpoint_of_the_runtime_module(ferplus_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("architecture", ["dlib112", "dlib112_stage3"])
+def test_batchnorm_run_exports_a_checkpoint_of_the_runtime_module(
+    ferplus_root: Path, tmp_path: Path, architecture: str
+) -> None:
     code, output, out = _train(
         ferplus_root,
         tmp_path,
         "--architecture",
-        "dlib112",
+        architecture,
         "--init",
         "dlib",
         "--backbone-norm",
@@ -122,6 +125,7 @@ def test_batchnorm_run_exports_a_checkpoint_of_the_runtime_module(ferplus_root: 
     assert not any("running_" in name for name in checkpoint.tensors if name.startswith("backbone."))
     model = checkpoint.build_model()  # strict: the affine module the runtime builds
     assert isinstance(model.backbone.stem_affine, Affine)
+    assert model.architecture.name == architecture
     assert checkpoint.metadata["training"]["backbone_norm"] == "batch"
     assert checkpoint.metadata["training"]["region_occlusion"] == 0.5
 

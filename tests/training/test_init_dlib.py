@@ -19,10 +19,12 @@ from fermon.dlib_resnet import (
     load_dlib_weights,
     read_dlib_network,
 )
+from fermon.errors import UsageError
 from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.build import backbone_lr_groups
 from training.config import TrainConfig
+from training.dlib_init import leading_tensors
 
 runner = CliRunner()
 
@@ -111,3 +113,23 @@ def test_new_option_at_its_default_keeps_old_fingerprints() -> None:
     config = TrainConfig(root=Path("/data/ferplus"))
     assert config.fingerprint() == "1174535ab2c93a13"  # as computed before backbone_lr_scale existed
     assert TrainConfig(root=Path("/data/ferplus"), backbone_lr_scale=0.1).fingerprint() != config.fingerprint()
+
+
+def test_backbone_cut_after_a_stage_computes_dlibs_features_at_the_cut(dlib_grey: dict[str, torch.Tensor]) -> None:
+    released = DlibResNet(in_chans=1)
+    released.load_state_dict(dlib_grey)
+    cut = DlibResNet(in_chans=1, widths=(32, 64, 128), depths=(3, 4, 3))
+    cut.load_state_dict(leading_tensors(released, cut), strict=False)
+    images = torch.randn(2, 1, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        stem = released.stem_pool(torch.relu(released.stem_affine(released.stem_conv(images))))
+        expected = released.blocks[:10](stem)
+        assert torch.allclose(cut.forward_features(images), expected, atol=1e-5)
+    assert not any(name.startswith("embedding.") for name in leading_tensors(released, cut))  # 128-d feature
+
+
+def test_a_backbone_that_is_not_a_prefix_of_dlibs_is_refused(dlib_grey: dict[str, torch.Tensor]) -> None:
+    released = DlibResNet(in_chans=1)
+    released.load_state_dict(dlib_grey)
+    with pytest.raises(UsageError, match="not a prefix"):
+        leading_tensors(released, DlibResNet(in_chans=1, widths=(32, 96), depths=(3, 4)))
