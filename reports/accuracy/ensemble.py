@@ -26,7 +26,8 @@ def _summary(probabilities: np.ndarray, labels: np.ndarray, class_names: list[st
 def main(root: Path, specs: list[str]) -> dict:
     results, plain_all, flipped_all, labels, names = {}, [], [], None, None
     for spec in specs:
-        classifier = ExpressionClassifier(load_checkpoint(spec), device="cpu", batch_size=256)
+        checkpoint = load_checkpoint(spec)
+        classifier = ExpressionClassifier(checkpoint, device="cpu", batch_size=256)
         architecture = classifier.architecture
         val = read_dataset("ferplus", root, "valid", architecture.input_size, architecture.colour)
         labels, names = val.labels, val.class_names
@@ -35,7 +36,8 @@ def main(root: Path, specs: list[str]) -> dict:
         flipped = (plain + mirrored) / 2
         plain_all.append(plain)
         flipped_all.append(flipped)
-        results[Path(spec).name] = {
+        # An embedded name (default) says which model only with its hash: the name moves between releases.
+        results[f"{Path(spec).name} ({checkpoint.short_hash})"] = {
             "alone": _summary(plain, labels, names),
             "flip_averaged": _summary(flipped, labels, names),
         }
