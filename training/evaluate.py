@@ -70,6 +70,7 @@ def _recrop_like_video(data: LabelledFaces, classifier: ExpressionClassifier) ->
         "faces_total": len(data),
         "image_path_accuracy_same_faces": image_path["accuracy"],
         "image_path_ece_same_faces": image_path["ece"],
+        "image_path_mean_class_recall_same_faces": image_path["mean_class_recall"],
     }
 
 

@@ -137,6 +137,7 @@ def test_evaluate_via_detector_recrops_real_faces_like_the_video_path(
     report = json.loads(out.read_text())
     assert report["faces_total"] == 3 and report["faces_detected"] == 2 and report["n"] == 2
     assert 0.0 <= report["image_path_accuracy_same_faces"] <= 1.0
+    assert 0.0 <= report["image_path_mean_class_recall_same_faces"] <= 1.0
 
 
 def test_the_exported_crop_is_the_networks_input_size() -> None:
