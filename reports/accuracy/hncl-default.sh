@@ -6,6 +6,7 @@
 # Budget: 4 pre-training epochs (15 min each on the 2-core AMD EPYC) and 13 fine-tuning epochs
 # (5 min each), what one 3-hour session of that CPU holds beside other work.
 # Validation split only. Resumable per epoch (state under WORK/state).
+# The teacher `default` is the embedded checkpoint as of session 9 (content hash 357875db8d0c5bb3).
 # Usage: reports/accuracy/hncl-default.sh FERPLUS_ROOT [WORK]   (WORK defaults to ~/.cache/fermon/hncl)
 set -euo pipefail
 root=$1
