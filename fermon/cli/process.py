@@ -13,6 +13,7 @@ import typer
 
 from fermon.cli._common import exit_on_error
 from fermon.cli.report import EventsOption, EventWindowOption, NightOption, TimezoneOption, clinical_options
+from fermon.config import DEFAULT_BATCH_SIZE
 from fermon.detect import DEFAULT_MIN_FACE
 
 EX_OK = 0
@@ -181,7 +182,7 @@ def process(
         ),
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Face crops per classifier batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Face crops per classifier batch.")] = DEFAULT_BATCH_SIZE,
     threads: Annotated[
         Optional[int],
         typer.Option(help="Detection threads per worker (default: its cores); classification takes one more."),
