@@ -64,7 +64,9 @@ def train(
         ),
     ] = None,
     teacher_weight: Annotated[float, typer.Option(help="Distil: the teacher's share of each target.")] = 0.5,
-    text_encoder: Annotated[str, typer.Option(help="minilm[:PATH] or open_clip:ARCH@WEIGHTS.")] = "minilm",
+    text_encoder: Annotated[
+        str, typer.Option(help="minilm[:PATH], open_clip:ARCH@WEIGHTS or checkpoint:NAME_OR_PATH.")
+    ] = "minilm",
     center_text: Annotated[bool, typer.Option(help="Remove the prompts' shared component before use.")] = True,
     logit_scale: Annotated[float, typer.Option(help="Cosine-logit scale (CLIP's is 100).")] = 100.0,
     transform_weight: float = 1.0,

@@ -42,8 +42,11 @@ def class_embeddings_for(config: TrainConfig, class_names: list[str]) -> torch.T
     """
     method = get_method(config.method)
     prompts = method.prompts(class_names, config)
-    text = torch.from_numpy(create_text_encoder(config.text_encoder).encode(prompts))
-    if config.center_text:
+    encoder = create_text_encoder(config.text_encoder)
+    text = torch.from_numpy(encoder.encode(prompts))
+    if encoder.centred and not config.center_text:
+        raise UsageError(f"--text-encoder {config.text_encoder} gives centred embeddings; train with --center-text")
+    if config.center_text and not encoder.centred:
         text = torch.nn.functional.normalize(text - text.mean(dim=0, keepdim=True), dim=-1)
     if method.learn_class_embeddings:  # only the text's width is used: the class vectors start random
         generator = torch.Generator().manual_seed(config.seed)

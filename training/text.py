@@ -7,12 +7,17 @@ Only training needs a text encoder: a checkpoint stores the class embeddings it 
 - ``open_clip:ARCH@WEIGHTS``: any open_clip architecture; ``WEIGHTS`` is a local file (for instance
   a ViT-B-16 ``open_clip_pytorch_model.bin`` downloaded once from the open_clip model hub page) or
   a pretrained tag (``openai``) already in the local cache. KE2NT's paper uses ``open_clip:ViT-B-16@openai``.
+- ``checkpoint:NAME_OR_PATH``: no text model at all; the class embeddings a fermon checkpoint
+  stores (``default`` or a file), looked up by their prompts. For machines without the MiniLM
+  package (a GPU machine that reaches no registry): KE2NT then trains towards exactly the targets
+  the checkpoint was trained towards. Prompts the checkpoint holds no embedding for (PMFER's
+  masked prompts and phrases) are an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +32,7 @@ class TextEncoder(Protocol):
     """Anything that turns prompts into L2-normalised embeddings."""
 
     spec: str
+    centred: bool  # whether ``encode`` gives vectors with the prompts' shared component already removed
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Return an array (len(texts), dim) of float32 unit vectors."""
@@ -44,6 +50,7 @@ class SentenceEncoder:
 
     spec: str
     path: Path
+    centred: bool = False
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         from sentence_transformers import SentenceTransformer
@@ -59,6 +66,7 @@ class OpenClipEncoder:
     spec: str
     architecture: str
     weights: str
+    centred: bool = False
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import open_clip
@@ -72,6 +80,36 @@ class OpenClipEncoder:
         with torch.no_grad():
             embeddings = model.encode_text(tokenizer(list(texts)))
         return _unit_rows(embeddings.float().numpy())
+
+
+@dataclass
+class CheckpointEmbeddings:
+    """The class embeddings stored in a fermon checkpoint, by prompt; centred where its training was."""
+
+    spec: str
+    source: str
+    name: str = field(init=False)
+    prompts: list[str] = field(init=False)
+    table: np.ndarray = field(init=False)
+    centred: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        from fermon.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(self.source)
+        self.name = checkpoint.path.name
+        self.prompts = list(checkpoint.metadata.get("prompts") or [])
+        self.table = _unit_rows(checkpoint.tensors["class_embeddings"].float().numpy())
+        self.centred = bool(checkpoint.metadata.get("text_centered"))
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [text for text in texts if text not in self.prompts]
+        if missing:
+            raise ModelError(
+                f"{self.name}: holds no embedding for the prompt {missing[0]!r} "
+                f"(text encoder '{self.spec}' knows only the prompts that checkpoint was trained on)"
+            )
+        return self.table[[self.prompts.index(text) for text in texts]]
 
 
 def _bundled_minilm() -> Path:
@@ -90,4 +128,8 @@ def create_text_encoder(spec: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
     if kind == "open_clip" and rest:
         architecture, _, weights = rest.partition("@")
         return OpenClipEncoder(spec, architecture, weights or "openai")
-    raise ModelError(f"unknown text encoder '{spec}': use 'minilm[:PATH]' or 'open_clip:ARCH@WEIGHTS'")
+    if kind == "checkpoint" and rest:
+        return CheckpointEmbeddings(spec, rest)
+    raise ModelError(
+        f"unknown text encoder '{spec}': use 'minilm[:PATH]', 'open_clip:ARCH@WEIGHTS' or 'checkpoint:NAME_OR_PATH'"
+    )

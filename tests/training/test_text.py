@@ -1,4 +1,5 @@
-"""Text encoders: the offline MiniLM default, and open_clip with weights from a local file."""
+"""Text encoders: the offline MiniLM default, open_clip with weights from a local file, and the
+class embeddings a checkpoint stores."""
 
 from __future__ import annotations
 
@@ -60,3 +61,43 @@ def test_missing_open_clip_weights_and_unknown_specs_are_model_errors(tmp_path: 
         create_text_encoder(f"open_clip:ViT-B-16@{tmp_path / 'missing.bin'}").encode(["x"])
     with pytest.raises(ModelError, match="unknown text encoder"):
         create_text_encoder("word2vec")
+
+
+def test_checkpoint_embeddings_reproduce_the_targets_the_default_was_trained_towards() -> None:
+    from training.build import class_embeddings_for
+    from training.config import TrainConfig
+
+    classes = canonical_classes()
+    from_text = class_embeddings_for(TrainConfig(root=Path("."), text_encoder="minilm"), classes)
+    stored = class_embeddings_for(TrainConfig(root=Path("."), text_encoder="checkpoint:default"), classes)
+    # The same centred MiniLM vectors, up to the checkpoint's fp16 storage; not re-centred.
+    np.testing.assert_allclose(stored.numpy(), from_text.numpy(), atol=2e-3)
+    assert (stored @ from_text.T).argmax(dim=1).tolist() == list(range(len(classes)))
+
+
+def test_checkpoint_embeddings_refuse_prompts_the_checkpoint_never_saw(tmp_path: Path) -> None:
+    encoder = create_text_encoder("checkpoint:default")
+    assert encoder.centred
+    with pytest.raises(ModelError, match=r"ke2nt_cnn48_ferplus\.safetensors: holds no embedding for the prompt"):
+        encoder.encode(["a photo of a person with the inner brows raised."])
+    with pytest.raises(ModelError, match=r"missing\.safetensors: checkpoint not found"):
+        create_text_encoder(f"checkpoint:{tmp_path / 'missing.safetensors'}")
+
+
+def test_training_from_checkpoint_embeddings_ships_those_embeddings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fermon.checkpoint import load_checkpoint
+    from tests.fixtures import write_ferplus_splits
+    from training.__main__ import app
+
+    root = write_ferplus_splits(tmp_path / "ferplus", repeat=4)
+    out = tmp_path / "trained.safetensors"
+    args = ["train", "--root", str(root), "--epochs", "1", "--batch-size", "8", "--limit", "16"]
+    args += ["--text-encoder", "checkpoint:default", "--state-dir", str(tmp_path / "s"), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    trained, default = load_checkpoint(out), load_checkpoint("default")
+    torch.testing.assert_close(trained.tensors["class_embeddings"], default.tensors["class_embeddings"])
+    assert trained.metadata["prompts"] == default.metadata["prompts"]
+    assert trained.metadata["text_encoder"] == "checkpoint:default"
