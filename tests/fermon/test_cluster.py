@@ -135,7 +135,10 @@ def _leftovers() -> list[str]:
 
     from fermon.worker import SHIPPED_FILES
 
-    return sorted(glob.glob(f"{tempfile.gettempdir()}/fermon-*")) + sorted(SHIPPED_FILES)
+    # What a worker makes: model copies and session staging folders (other fermon-* folders under
+    # /tmp, a training run's say, are not the worker's).
+    made = [glob.glob(f"{tempfile.gettempdir()}/fermon-{kind}-*") for kind in ("models", "session")]
+    return sorted(made[0] + made[1]) + sorted(SHIPPED_FILES)
 
 
 def test_a_worker_that_sees_none_of_the_clients_files_matches_a_local_run(
