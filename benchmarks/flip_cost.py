@@ -22,9 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import machine  # the benchmark's folder is on sys.path when run as a script
-from safetensors.torch import save_file
 
-from fermon.checkpoint import METADATA_KEY, load_checkpoint
+from fermon.checkpoint import load_checkpoint, save_checkpoint
 from fermon.config import ProcessOptions, resolve_models
 from fermon.inputs import find_inputs
 from fermon.video import probe
@@ -34,8 +33,7 @@ from fermon.worker import process_session
 def write_flip_averaged(spec: str, path: Path) -> Path:
     """A copy of the checkpoint whose metadata asks for mirror averaging; the tensors are untouched."""
     checkpoint = load_checkpoint(spec)
-    metadata = dict(checkpoint.metadata, flip_average=True)
-    save_file(checkpoint.tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    save_checkpoint(path, checkpoint.build_model(), dict(checkpoint.metadata, flip_average=True))
     return path
 
 
@@ -45,7 +43,9 @@ def time_alternating(session, variants: dict[str, ProcessOptions], runs: int, ou
     for attempt in range(runs + 1):  # the first round warms models and caches and is not counted
         for name, options in variants.items():
             started = time.perf_counter()
-            process_session(session, options, identities[name], str(out))
+            result = process_session(session, options, identities[name], str(out))
+            if result.status != "done":
+                raise SystemExit(f"{name}: {result.error}")
             if attempt:
                 seconds[name].append(time.perf_counter() - started)
     return seconds

@@ -137,8 +137,8 @@ def _leftovers() -> list[str]:
 
     # What a worker makes: model copies and session staging folders (other fermon-* folders under
     # /tmp, a training run's say, are not the worker's).
-    made = [glob.glob(f"{tempfile.gettempdir()}/fermon-{kind}-*") for kind in ("models", "session")]
-    return sorted(made[0] + made[1]) + sorted(SHIPPED_FILES)
+    made = [path for kind in ("models", "session") for path in glob.glob(f"{tempfile.gettempdir()}/fermon-{kind}-*")]
+    return sorted(made) + sorted(SHIPPED_FILES)
 
 
 def test_a_worker_that_sees_none_of_the_clients_files_matches_a_local_run(
