@@ -29,13 +29,15 @@ from functools import partial
 from pathlib import Path
 
 import fermon
-from fermon.classify import cpu_has_amx
-from fermon.config import ProcessOptions, resolve_models
-from fermon.detect import available_cores, detect_in_parallel, detect_tracked, detector_scale
-from fermon.inputs import Session, find_inputs
-from fermon.process import run_process
+from fermon.expression.classify import cpu_has_amx
+from fermon.faces.detector import available_cores, detect_in_parallel, detect_tracked, detector_scale
+from fermon.inputs.discover import find_inputs
+from fermon.inputs.sessions import Session
+from fermon.run.models import cached_models
+from fermon.run.options import ProcessOptions, resolve_models
+from fermon.run.process import run_process
+from fermon.run.session import process_session
 from fermon.video import iter_batches, probe, read_ahead, sample_indices
-from fermon.worker import cached_models, process_session
 
 
 @dataclass

@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from skimage import data
 
-from fermon.align import CropSpec, crop_face
-from fermon.classify import ExpressionClassifier
-from fermon.detect import CenterFaceDetector, Detections
+from fermon.expression.classify import ExpressionClassifier
+from fermon.faces.align import CropSpec, crop_face
+from fermon.faces.detector import CenterFaceDetector, Detections
 from training.datasets import read_dataset
 from training.evaluate import align_classes
 

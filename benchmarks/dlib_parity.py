@@ -32,7 +32,7 @@ import torch
 from insightface.data import get_image
 from skimage import data
 
-from fermon.dlib_resnet import (
+from fermon.people.dlib_resnet import (
     CHIP_SIZE,
     DLIB_GRAY_MEAN,
     DLIB_INPUT_SCALE,

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fermon.inputs import find_inputs
+from fermon.inputs.discover import find_inputs
 from fermon.video import iter_batches, probe, sample_indices
 
 FERMON = [sys.executable, "-c", "from fermon.cli import main; main()"]

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from bench import machine  # the benchmark's folder is on sys.path when run as a script
 
-from fermon.checkpoint import load_checkpoint, save_checkpoint
-from fermon.config import ProcessOptions, resolve_models
-from fermon.inputs import find_inputs
+from fermon.expression.checkpoint import load_checkpoint, save_checkpoint
+from fermon.inputs.discover import find_inputs
+from fermon.run.options import ProcessOptions, resolve_models
+from fermon.run.session import process_session
 from fermon.video import probe
-from fermon.worker import process_session
 
 
 def write_flip_averaged(spec: str, path: Path) -> Path:

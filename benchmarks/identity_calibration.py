@@ -10,7 +10,7 @@ symmetric, are where fermon must put the detected points so that its chips match
 face of insightface's ``t1`` and ``Tom_Hanks_54745`` and scikit-image's astronaut (and each mirrored),
 plus FERPlus training faces when ``--ferplus`` is given (48 px grey, upscaled 4x on a grey canvas).
 
-``threshold``: fermon's own chips (CenterFace landmarks onto the template, :mod:`fermon.identity`) of
+``threshold``: fermon's own chips (CenterFace landmarks onto the template, :mod:`fermon.people.chips`) of
 the eight colour faces, each rendered as a video would show it (face widths 56 to 160 px in a grey
 640x360 frame, small rotations, blur, JPEG compression, mirrored), embedded by fermon's torch port of
 dlib's ResNet. Same-face distances (one face, two renderings) against different-face distances
@@ -60,7 +60,7 @@ def dlib_chips(images: list[np.ndarray], min_score: float = 0.5) -> list[np.ndar
     """dlib's 150 px chips (get_face_chip, padding 0.25) of every face dlib's HOG detector finds."""
     import dlib
 
-    from fermon.dlib_resnet import dlib_weights_path
+    from fermon.people.dlib_resnet import dlib_weights_path
 
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(dlib_weights_path().with_name("shape_predictor_5_face_landmarks.dat")))
@@ -75,7 +75,7 @@ def dlib_chips(images: list[np.ndarray], min_score: float = 0.5) -> list[np.ndar
 
 def centerface_on_chips(chips: list[np.ndarray]) -> np.ndarray:
     """CenterFace's five landmarks on each chip (placed on a grey 300 px canvas), in chip pixels."""
-    from fermon.detect import CenterFaceDetector
+    from fermon.faces.detector import CenterFaceDetector
 
     detector = CenterFaceDetector(threads=1, min_face=32)
     found = []
@@ -119,7 +119,7 @@ def measure_template(ferplus: Path | None, ferplus_count: int) -> dict:
 
 def colour_faces() -> list[tuple[np.ndarray, np.ndarray]]:
     """(head crop, its box inside the crop) for each of the eight colour faces, found by CenterFace."""
-    from fermon.detect import CenterFaceDetector
+    from fermon.faces.detector import CenterFaceDetector
 
     detector = CenterFaceDetector(threads=1, min_face=16)
     heads = []
@@ -157,7 +157,7 @@ def render(head: np.ndarray, box: np.ndarray, width: float, rng: np.random.Gener
 
 def embed_rendered(frames: list[np.ndarray], embedder, detector) -> tuple[np.ndarray, list[dict]]:
     """Descriptors and quality of the best-scored face of each frame (frames without a face dropped)."""
-    from fermon.identity import face_chips, face_quality
+    from fermon.people.chips import face_chips, face_quality
 
     chips, qualities = [], []
     for frame in frames:
@@ -184,8 +184,8 @@ def pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def measure_threshold(ferplus: Path | None, ferplus_count: int, renders: int) -> dict:
-    from fermon.detect import CenterFaceDetector
-    from fermon.identity import FaceEmbedder
+    from fermon.faces.detector import CenterFaceDetector
+    from fermon.people.embedder import FaceEmbedder
 
     rng = np.random.default_rng(0)
     detector = CenterFaceDetector(threads=1, min_face=24)

@@ -29,11 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fermon.config import ProcessOptions, resolve_models
-from fermon.inputs import find_inputs
-from fermon.timeline import read_metadata
+from fermon.inputs.discover import find_inputs
+from fermon.run.options import ProcessOptions, resolve_models
+from fermon.run.session import process_session
+from fermon.run.timeline import read_metadata
 from fermon.video import probe
-from fermon.worker import process_session
 
 
 def busy_clip(path: Path, seconds: float = 60.0, fps: float = 24.0) -> Path:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from fermon.inputs import find_inputs
-from fermon.process import ProcessOptions, run_process
+from fermon.inputs.discover import find_inputs
+from fermon.run.process import ProcessOptions, run_process
 from fermon.video import probe
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fermon.process import ProcessOptions, run_process
 from fermon.report import build_reports
-from fermon.timeline import METADATA_KEY, TIMELINES_DIR
+from fermon.run.process import ProcessOptions, run_process
+from fermon.run.timeline import METADATA_KEY, TIMELINES_DIR
 
 
 def copy_session(source: Path, folder: Path, session_id: str) -> None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fermon.errors import DataError, InputError
-from fermon.timeline import METADATA_KEY, TIMELINES_DIR
+from fermon.run.timeline import METADATA_KEY, TIMELINES_DIR
 
 #: ``DataFrame.attrs`` key holding each session's footer metadata, keyed by session id.
 SESSIONS_ATTR = "fermon_sessions"
@@ -119,7 +119,7 @@ def read_timelines(out_dir: str | Path, sessions: Iterable[str] | None = None) -
 
 
 def _empty_frame() -> pd.DataFrame:
-    from fermon.timeline import timeline_schema
+    from fermon.run.timeline import timeline_schema
 
     frame = timeline_frame(timeline_schema([]).empty_table(), [])
     frame.attrs[SESSIONS_ATTR] = {}

@@ -21,10 +21,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from fermon import storage
-from fermon.containers import codec_of
 from fermon.errors import DataError, InputError
-from fermon.inputs import VideoFile
+from fermon.inputs import relay, storage
+from fermon.inputs.containers import codec_of
+from fermon.inputs.sessions import VideoFile
 
 SEGMENT_SAMPLES = 600  # sampled frames per VideoReader instance
 BATCH_SAMPLES = 8  # frames per get_batch call: the unit that is skipped when decoding fails
@@ -73,7 +73,7 @@ def _first_line(error: BaseException, video: VideoFile) -> str:
     line = (text[0] if text else type(error).__name__).replace(str(video.path), video.relative)
     if not storage.is_url(video.path):
         line = line.replace(str(Path(video.path).resolve()), video.relative)
-    return storage.RELAY_URL.sub(video.relative, line)[:200]
+    return relay.RELAY_URL.sub(video.relative, line)[:200]
 
 
 _STDERR_LOCK = threading.Lock()
@@ -132,7 +132,7 @@ def open_reader(video: VideoFile):
 
 def _open_remote_reader(video: VideoFile):
     """A VideoReader of a video in an object store, streamed through fermon's loopback relay
-    (``storage.relayed``): the store serves only the ranges decoding reads, never a full copy."""
+    (``relay.relayed``): the store serves only the ranges decoding reads, never a full copy."""
     import decord
 
     try:
@@ -143,7 +143,7 @@ def _open_remote_reader(video: VideoFile):
         raise InputError(f"{video.relative}: unreadable ({error})") from error
     if size == 0:
         raise DataError(f"{video.relative}: empty file")
-    source = storage.relayed(video.path, size)
+    source = relay.relayed(video.path, size)
     try:
         with native_stderr_silenced():
             reader = decord.VideoReader(source.url, ctx=decord.cpu(0), num_threads=1)

@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid cnn48 checkpoint with random weights (the pipeline's shape, not its accuracy)."""
-    from fermon.checkpoint import write_untrained_checkpoint
+    from fermon.expression.checkpoint import write_untrained_checkpoint
 
     path = tmp_path_factory.mktemp("checkpoints") / "untrained.safetensors"
     write_untrained_checkpoint(path)

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from fermon.errors import FermonError, UsageError
+from fermon.inputs.storage import atomic_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and evaluate fermon's expression models.")
 
@@ -275,8 +276,11 @@ def evaluate(
         _fail(error)
     text = json.dumps(report, indent=2)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(text + "\n")
+        try:
+            with atomic_path(json_out) as temporary:
+                temporary.write_text(text + "\n")
+        except FermonError as error:
+            _fail(error)
     typer.echo(
         f"{dataset} {split}: accuracy {report['accuracy']:.4f} on {report['n']} faces, "
         f"ECE {report['ece']:.4f}, NLL {report['nll']:.4f}"

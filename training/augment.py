@@ -1,4 +1,4 @@
-"""Batched augmentation on normalised tensors (see :func:`fermon.classify.normalise_batch`).
+"""Batched augmentation on normalised tensors (see :func:`fermon.expression.classify.normalise_batch`).
 
 One random affine warp per image (rotation, scale, shift: it covers the crop-to-crop variation a
 detector's landmarks give at run time), horizontal flip, brightness/contrast jitter, Gaussian blur
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from fermon.model import Architecture
-from fermon.vocab import template_points
+from fermon.expression.model import Architecture
+from fermon.faces.align import template_points
 from training.corruptions import region_box
 
 REGIONS = ("eyes", "mouth")

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fermon.checkpoint import EMBEDDED_CHECKPOINTS, resolve_checkpoint
 from fermon.errors import UsageError
-from fermon.model import KE2NT, Architecture
+from fermon.expression.checkpoint import EMBEDDED_CHECKPOINTS, resolve_checkpoint
+from fermon.expression.model import KE2NT, Architecture
 from training.config import TrainConfig
 from training.dlib_init import (
     BACKBONE_NORMS,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fermon.model import CLIP_LOGIT_SCALE, Architecture
+from fermon.expression.model import CLIP_LOGIT_SCALE, Architecture
 from training.text import DEFAULT_TEXT_ENCODER
 
 REFERENCE_LR = 0.002  # KE2NT's reference: fine-tuning a face-recognition backbone

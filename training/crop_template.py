@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fermon.detect import SEEN_FACE_PX, CenterFaceDetector
+from fermon.faces.detector import SEEN_FACE_PX, CenterFaceDetector
 from training.datasets import LabelledFaces
 
 FACE_PIXELS = 192  # a 48 px FERPlus face upscaled 4x

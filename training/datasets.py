@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from fermon.errors import DataError, InputError, UsageError
-from fermon.vocab import canonical_classes
+from fermon.expression.vocab import canonical_classes
 from training.vocabulary import class_words, code_to_class_index, dataset_classes, dataset_labels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fermon.checkpoint import load_checkpoint
-from fermon.classify import ExpressionClassifier
 from fermon.errors import UsageError
+from fermon.expression.checkpoint import load_checkpoint
+from fermon.expression.classify import ExpressionClassifier
+from fermon.inputs.storage import atomic_path
 from training.datasets import LabelledFaces, read_dataset
 
 log = logging.getLogger("training")
@@ -46,10 +47,8 @@ def teacher_probabilities(
     probabilities = classifier.predict(faces.images)
     if not checkpoint.flip_average:
         probabilities = (probabilities + classifier.predict(np.ascontiguousarray(faces.images[:, :, ::-1]))) / 2
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(".tmp.npy")
-    np.save(temporary, probabilities.astype(np.float32))
-    temporary.replace(cache)
+    with atomic_path(cache, suffix=".npy") as temporary:
+        np.save(temporary, probabilities.astype(np.float32))
     return probabilities.astype(np.float32)
 
 

@@ -7,7 +7,7 @@ tolerates. ``affines_to_batchnorm`` puts real batch norms back: each affine beco
 ``BatchNorm2d`` whose statistics are measured on training images and whose scale and shift are set
 so that, in eval mode, it computes exactly what the affine did. Training then starts from dlib's
 function with a well-conditioned network. ``fold_batchnorms`` turns the trained batch norms back
-into affines for export, so the run-time module (``fermon.dlib_resnet.DlibResNet``) is unchanged.
+into affines for export, so the run-time module (``fermon.people.dlib_resnet.DlibResNet``) is unchanged.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from fermon.dlib_resnet import (
+from fermon.errors import UsageError
+from fermon.expression.model import KE2NT
+from fermon.people.dlib_resnet import (
     DlibResNet,
     balance_for_training,
     dlib_weights_path,
     load_dlib_weights,
     read_dlib_network,
 )
-from fermon.errors import UsageError
-from fermon.model import KE2NT
 
 log = logging.getLogger("training")
 

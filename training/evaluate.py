@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from fermon.align import CropSpec, crop_face
-from fermon.checkpoint import load_checkpoint
-from fermon.classify import ExpressionClassifier
-from fermon.detect import SEEN_FACE_PX, CenterFaceDetector
+from fermon.expression.checkpoint import load_checkpoint
+from fermon.expression.classify import ExpressionClassifier
+from fermon.faces.align import CropSpec, crop_face
+from fermon.faces.detector import SEEN_FACE_PX, CenterFaceDetector
 from training.crop_template import on_canvas
 from training.datasets import LabelledFaces, read_dataset
 from training.metrics import classification_report

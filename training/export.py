@@ -10,10 +10,10 @@ import torch
 from scipy.optimize import minimize_scalar
 
 import fermon
-from fermon.checkpoint import save_checkpoint, stored_tensors
-from fermon.classify import batched_logits, softmax
-from fermon.model import KE2NT
-from fermon.vocab import crop_template, template_points
+from fermon.expression.checkpoint import save_checkpoint, stored_tensors
+from fermon.expression.classify import batched_logits, softmax
+from fermon.expression.model import KE2NT
+from fermon.faces.align import crop_template, template_points
 from training.config import TrainResult
 from training.datasets import LabelledFaces
 from training.dlib_init import fold_batchnorms

@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fermon.classify import normalise_batch, resolve_device
 from fermon.errors import UsageError
-from fermon.model import Architecture, create_backbone, load_architecture
+from fermon.expression.classify import normalise_batch, resolve_device
+from fermon.expression.model import Architecture, create_backbone, load_architecture
+from fermon.inputs.storage import atomic_path
 from training.augment import Augmentation
 from training.datasets import read_dataset
 from training.landmarks import LandmarkSource, create_landmark_source
@@ -134,10 +135,8 @@ def heatmap_neighbours(
     heatmaps = render_heatmaps(landmarks, images.shape[1], params.heatmap_size, params.sigma)
     neighbours = nearest_neighbours(heatmaps, params.k)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.stem + ".tmp.npz")
-        np.savez_compressed(temporary, neighbours=neighbours, landmarks=landmarks)
-        temporary.replace(path)
+        with atomic_path(path, suffix=".npz") as temporary:
+            np.savez_compressed(temporary, neighbours=neighbours, landmarks=landmarks)
     found = int(np.isfinite(landmarks[:, 0, 0]).sum())
     log.info("landmarks found on %d of %d faces (%s)", found, len(images), source.name)
     return neighbours

@@ -58,7 +58,7 @@ class CenterFaceLandmarks:
     points = 5
 
     def __init__(self, threshold: float = 0.5, batch: int = 32) -> None:
-        from fermon.detect import SEEN_FACE_PX, CenterFaceDetector
+        from fermon.faces.detector import SEEN_FACE_PX, CenterFaceDetector
 
         self.detector = CenterFaceDetector(min_face=SEEN_FACE_PX, threshold=threshold)
         self.batch = batch

@@ -22,9 +22,9 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from fermon.classify import cpu_has_amx, normalise_batch, resolve_device
 from fermon.errors import UsageError
-from fermon.model import KE2NT, Architecture, load_architecture
+from fermon.expression.classify import cpu_has_amx, normalise_batch, resolve_device
+from fermon.expression.model import KE2NT, Architecture, load_architecture
 from training.augment import Augmentation
 from training.build import backbone_lr_groups, build_training_model, class_embeddings_for
 from training.config import TrainConfig, TrainResult

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.methods import Method, register_method
+from training.method import Method
 from training.text import TextEncoder
 from training.vocabulary import action_unit_phrases, prompt_templates
 
 if TYPE_CHECKING:
-    from fermon.model import KE2NT
+    from fermon.expression.model import KE2NT
     from training.config import TrainConfig
 
 PHRASE_LOGIT_SCALE = 1 / 0.07  # CLIP's initial temperature
@@ -281,11 +281,9 @@ def build_pmfer_head(config: TrainConfig, model: KE2NT, class_names: list[str]) 
     )
 
 
-register_method(
-    Method(
-        "pmfer",
-        "PMFER: action-unit prompts, masked-phrase prediction and a modal-adversarial term",
-        lambda class_names, config: class_au_prompts(class_names),
-        extra=build_pmfer_head,
-    )
+PMFER = Method(
+    "pmfer",
+    "PMFER: action-unit prompts, masked-phrase prediction and a modal-adversarial term",
+    lambda class_names, config: class_au_prompts(class_names),
+    extra=build_pmfer_head,
 )

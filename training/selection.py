@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
-from fermon.classify import batched_logits, softmax
 from fermon.errors import UsageError
-from fermon.model import Architecture
-from fermon.vocab import template_points
+from fermon.expression.classify import batched_logits, softmax
+from fermon.expression.model import Architecture
+from fermon.faces.align import template_points
 from training.config import TrainResult
 from training.corruptions import apply_corruption
 from training.datasets import LabelledFaces

@@ -7,7 +7,6 @@ else (epoch, best score, optimizer hyper-parameters, the run's config) is JSON i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fermon.errors import UsageError
+from fermon.inputs.storage import atomic_path
 
 _JSON_KEY = "state"
 
@@ -57,10 +57,8 @@ def save_state(
     tensors.update({k: v.cpu().contiguous() for k, v in optimizer_tensors.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     header = dict(info, optimizer=optimizer_info)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata={_JSON_KEY: json.dumps(header)})
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={_JSON_KEY: json.dumps(header)})
 
 
 def load_state(
@@ -85,10 +83,8 @@ def load_state(
 def save_weights(path: Path, model: torch.nn.Module, info: dict[str, Any]) -> None:
     """Model weights alone (the best epoch so far), with JSON info."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata={_JSON_KEY: json.dumps(info)})
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={_JSON_KEY: json.dumps(info)})
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -94,7 +94,7 @@ class CheckpointEmbeddings:
     centred: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        from fermon.checkpoint import load_checkpoint
+        from fermon.expression.checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(self.source)
         self.name = checkpoint.path.name

@@ -1,7 +1,7 @@
 """What training reads beside the images: each dataset's label mapping and the class prompts.
 
 ``training/data/datasets.json`` maps every dataset's own label codes to fermon's canonical
-expression names (``fermon.vocab.canonical_classes``); ``training/data/prompts.json`` holds the
+expression names (``fermon.expression.vocab.canonical_classes``); ``training/data/prompts.json`` holds the
 prompt templates, class words and action-unit phrases. The runtime package never reads these: a
 checkpoint carries its class names, and its class embeddings are already computed.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fermon.errors import ModelError
-from fermon.vocab import canonical_classes
+from fermon.expression.vocab import canonical_classes
 
 DATA_DIR = Path(__file__).parent / "data"
 

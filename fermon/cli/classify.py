@@ -26,11 +26,11 @@ def classify(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Detect, align and classify every face in the given images."""
-    from fermon.checkpoint import checkpoint_for_device
-    from fermon.classify import ExpressionClassifier
-    from fermon.detect import create_detector
     from fermon.errors import InputError
-    from fermon.images import classify_image_files
+    from fermon.expression.checkpoint import checkpoint_for_device
+    from fermon.expression.classify import ExpressionClassifier
+    from fermon.expression.images import classify_image_files
+    from fermon.faces.detector import create_detector
 
     with exit_on_error():
         missing = [str(p) for p in images if not p.is_file()]

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from fermon.checkpoint import load_checkpoint
 from fermon.cli._common import exit_on_error
+from fermon.expression.checkpoint import load_checkpoint
 
 
 def info(

@@ -13,8 +13,8 @@ import typer
 
 from fermon.cli._common import exit_on_error
 from fermon.cli.report import EventsOption, EventWindowOption, NightOption, TimezoneOption, clinical_options
-from fermon.config import DEFAULT_BATCH_SIZE
-from fermon.detect import DEFAULT_MIN_FACE
+from fermon.faces.detector import DEFAULT_MIN_FACE
+from fermon.run.options import DEFAULT_BATCH_SIZE
 
 EX_OK = 0
 EX_DATAERR = 65  # sysexits: some input's data was bad
@@ -118,7 +118,7 @@ class _StopOnSignal:
         return self
 
     def _handle(self, number: int, frame: Any) -> None:
-        from fermon.worker import STOP
+        from fermon.run.loop import STOP
 
         if self.received is not None:
             raise KeyboardInterrupt
@@ -236,10 +236,10 @@ def process(
     64 bad usage; 66 missing input; 73 cannot write DIR; 75 another run holds DIR; 78 model problem;
     130 interrupted (143 on SIGTERM).
     """
-    from fermon.checkpoint import checkpoint_for_device
     from fermon.errors import RunInterruptedError
-    from fermon.process import ProcessOptions, run_process
-    from fermon.storage import location_of
+    from fermon.expression.checkpoint import checkpoint_for_device
+    from fermon.inputs.storage import location_of
+    from fermon.run.process import ProcessOptions, run_process
 
     # Strings, not Paths, on the command line: Path("s3://b/k") would lose a slash.
     inputs, out = [location_of(given) for given in inputs], location_of(out)

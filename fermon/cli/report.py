@@ -10,7 +10,7 @@ import typer
 
 from fermon.cli._common import exit_on_error
 from fermon.errors import UsageError
-from fermon.storage import join, location_of
+from fermon.inputs.storage import join, location_of
 
 if TYPE_CHECKING:
     from fermon.report import ReportResult
@@ -38,8 +38,8 @@ def clinical_options(
     events: Path | None, event_window: float | None, night: str | None, timezone: str | None
 ) -> ClinicalOptions:
     """The clinical options as given, checked now (before hours of processing). Raises FermonError."""
-    from fermon.events import parse_night, read_events, resolve_zone, window_minutes_to_seconds
     from fermon.report.clinical import ClinicalOptions
+    from fermon.report.events import parse_night, read_events, resolve_zone, window_minutes_to_seconds
 
     if event_window is not None:
         window_minutes_to_seconds(event_window)

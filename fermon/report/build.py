@@ -9,19 +9,16 @@ rewritten every time from the recorded rows, which is cheap.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fermon import __version__, storage
+from fermon import __version__
 from fermon.analysis import (
     QualityThresholds,
     read_timeline,
@@ -31,8 +28,9 @@ from fermon.analysis import (
     thresholds_dict,
     timeline_files,
 )
-from fermon.errors import InputError, OutputError, UsageError
-from fermon.ledger import LEDGER_NAME, FolderLock, json_fingerprint
+from fermon.errors import InputError, UsageError
+from fermon.inputs import storage
+from fermon.inputs.storage import atomic_path
 from fermon.report.clinical import (
     EVENTS_NAME,
     PATIENTS_NAME,
@@ -42,7 +40,9 @@ from fermon.report.clinical import (
     load_settings,
     patients_section,
 )
-from fermon.timeline import METADATA_KEY, TIMELINES_DIR
+from fermon.report.sources import file_stamp, load_manifest, read_failures, session_gaps
+from fermon.run.ledger import LEDGER_NAME, FolderLock, json_fingerprint
+from fermon.run.timeline import METADATA_KEY, TIMELINES_DIR
 
 REPORTS_DIR = "reports"
 SESSIONS_DIR = "sessions"
@@ -71,14 +71,8 @@ class ReportResult:
 
 def _replace_atomic(path: Path, write: Any) -> None:
     """Write through ``write(temporary)`` then rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         write(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"{path.name}: cannot write ({error})") from error
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -91,81 +85,6 @@ def write_summary(path: Path, rows: list[dict[str, Any]], class_names: list[str]
     footer = {"fermon_version": __version__, "class_names": class_names, "thresholds": thresholds}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(footer)})
     _replace_atomic(path, lambda temporary: pq.write_table(table, temporary, compression="zstd"))
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def read_failures(out_dir: Path) -> list[dict[str, Any]]:
-    """Inputs whose latest attempt failed (or never finished), read-only from the ledger: failed
-    sessions, and the bad files of sessions that were done without them (a folder's corrupt chunk)."""
-    path = out_dir / LEDGER_NAME
-    if not path.is_file():
-        return []
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = db.execute(
-                "SELECT session_id, videos, status, error, finished_at, started_at, details FROM sessions"
-                " ORDER BY session_id"
-            ).fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error as error:
-        raise OutputError(f"{LEDGER_NAME}: cannot read the run ledger ({error})") from error
-    failures = []
-    for session_id, videos, status, error, finished, started, details in rows:
-        when = finished or started
-        stamp = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M") if when else ""
-        if status == "done":
-            for video in json.loads(details or "{}").get("failed_videos", []):
-                failures.append(
-                    {
-                        "session_id": session_id,
-                        "videos": [video["video"]],
-                        "status": "video failed",
-                        "error": video["reason"],
-                        "when": stamp,
-                    }
-                )
-            continue
-        failures.append(
-            {
-                "session_id": session_id,
-                "videos": json.loads(videos or "[]"),
-                "status": "interrupted" if status == "running" else status,
-                "error": error if status != "running" else "the run stopped before this session finished",
-                "when": stamp,
-            }
-        )
-    return failures
-
-
-def _stamp(path: Path) -> list[int]:
-    status = path.stat()
-    return [status.st_size, status.st_mtime_ns]
-
-
-def _load_manifest(path: Path, builder: dict[str, Any]) -> dict[str, Any]:
-    """Recorded sessions, or none when the manifest is missing, unreadable or from another builder."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest.get("sessions", {}) if manifest.get("builder") == builder else {}
-
-
-def _session_gaps(metadata: dict[str, Any]) -> list[dict[str, Any]]:
-    """Decode gaps moved onto the session's time axis (each video starts at its offset)."""
-    offsets = {v["video"]: float(v.get("offset_s") or 0.0) for v in metadata.get("videos") or []}
-    return [
-        {
-            **g,
-            "start_s": g["start_s"] + offsets.get(g["video"], 0.0),
-            "end_s": g["end_s"] + offsets.get(g["video"], 0.0),
-        }
-        for g in metadata.get("decode_gaps") or []
-    ]
 
 
 # --------------------------------------------------------------------------- one session
@@ -187,7 +106,7 @@ def build_session_page(
     class_names = list(metadata["class_names"])
     samples = target_samples(frame)
     row = summarize_session(samples, class_names, metadata, thresholds)
-    gaps = _session_gaps(metadata)
+    gaps = session_gaps(metadata)
     fps = float(metadata.get("sampling_fps") or 0.0)
     figures = plots.session_figures(samples, row, class_names, fps, gaps)  # one entry per plots.SESSION_FIGURES
     thumbnails, missing = None, []
@@ -207,8 +126,8 @@ def _clinical_facts(
     samples: Any, row: dict[str, Any], metadata: dict[str, Any], settings: ClinicalSettings
 ) -> tuple[str, dict[str, list]]:
     """The page's clinical section, and what the cohort files need: event rows and day/night sums."""
-    from fermon.events import parse_night, session_event_rows, session_periods
     from fermon.report.clinical import clinical_section, session_events, stored_event_rows
+    from fermon.report.events import parse_night, session_event_rows, session_periods
 
     class_names = list(metadata["class_names"])
     events = session_events(metadata, settings)
@@ -289,11 +208,11 @@ def build_reports(
     with FolderLock(out_dir):
         settings = (clinical or ClinicalOptions()).apply(load_settings(out_dir))
         builder["clinical"] = json_fingerprint(settings.to_json())  # new events or zone: new pages
-        recorded = {} if force else _load_manifest(reports / MANIFEST_NAME, builder)
+        recorded = {} if force else load_manifest(reports / MANIFEST_NAME, builder)
         entries: dict[str, Any] = {}
         jobs, stamps = [], {}
         for session_id, path in files.items():
-            stamps[session_id] = _stamp(path)
+            stamps[session_id] = file_stamp(path)
             page_path = reports / SESSIONS_DIR / f"{session_id}.html"
             old = recorded.get(session_id)
             if old and old["timeline"] == stamps[session_id] and page_path.is_file():
@@ -331,7 +250,7 @@ def _write_clinical(
 ) -> Any:
     """``clinical.json`` (for the next build), ``events.parquet`` when there are events and
     ``patients.parquet`` when there are patients; a file with nothing to say is removed, not left stale."""
-    from fermon.events import events_frame, patients_frame, unmatched_event_rows
+    from fermon.report.events import events_frame, patients_frame, unmatched_event_rows
 
     write_text_atomic(out_dir / SETTINGS_NAME, json.dumps(settings.to_json(), indent=1, sort_keys=True))
     rows = [r for entry in entries.values() for r in entry.get("events", [])]
@@ -373,7 +292,7 @@ def _remove_stale_pages(folder: Path, sessions: set[str]) -> list[str]:
 def _build_at_url(
     url: str, *, force: bool, thresholds: QualityThresholds | None, workers: int, thumbnails: list[Path] | None
 ) -> ReportResult:
-    """Reports for an output URL (fermon.storage): the timelines are fetched into a local temporary
+    """Reports for an output URL (fermon.inputs.storage): the timelines are fetched into a local temporary
     folder beside the client-local ledger, the pages are built there, and each file is published in
     one PUT. Every page is rebuilt (fetched copies carry no stamps to compare); pages of sessions
     whose timeline is gone are deleted. Holds the URL's lock, as a run on it does."""

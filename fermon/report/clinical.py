@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fermon.errors import OutputError
-from fermon.events import (
+from fermon.report.events import (
     DEFAULT_NIGHT,
     DEFAULT_WINDOW_MIN,
     Event,

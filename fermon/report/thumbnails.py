@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fermon.errors import FermonError
-from fermon.inputs import VideoFile
-from fermon.timeline import BBOX_COLUMNS
+from fermon.inputs.sessions import VideoFile
+from fermon.run.timeline import BBOX_COLUMNS
 from fermon.video import open_reader
 
 THUMBNAIL_PX = 96  # height of a thumbnail

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from fermon.classify import ExpressionClassifier, softmax
+from fermon.expression.classify import ExpressionClassifier, softmax
 from training.datasets import read_dataset
 from training.export import fit_temperature
 from training.metrics import expected_calibration_error, negative_log_likelihood

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fermon.checkpoint import load_checkpoint
-from fermon.classify import ExpressionClassifier
+from fermon.expression.checkpoint import load_checkpoint
+from fermon.expression.classify import ExpressionClassifier
 from training.datasets import read_dataset
 from training.metrics import classification_report
 

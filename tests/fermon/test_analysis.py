@@ -16,7 +16,7 @@ import pytest
 import fermon
 from fermon.analysis import QualityThresholds, summarize_session, target_samples
 from fermon.errors import InputError
-from fermon.process import ProcessOptions, run_process
+from fermon.run.process import ProcessOptions, run_process
 from tests.videos import astronaut_face, blank_frames, moving_face_frames, two_face_frames, write_video
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from fermon.cli import app
-from fermon.vocab import canonical_classes
+from fermon.expression.vocab import canonical_classes
 
 runner = CliRunner()
 

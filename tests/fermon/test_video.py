@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from fermon.errors import DataError, InputError, UsageError
-from fermon.inputs import VideoFile, find_inputs, session_id_for
-from fermon.track import choose_targets, iou_matrix, link_tracks
+from fermon.faces.track import choose_targets, iou_matrix, link_tracks
+from fermon.inputs.discover import find_inputs, session_id_for
+from fermon.inputs.sessions import VideoFile
 from fermon.video import iter_batches, open_reader, probe, sample_indices
 from tests.videos import astronaut_face, moving_face_frames, punch_hole, write_bad_files, write_clip_set, write_video
 

@@ -50,7 +50,7 @@ def test_dim_scales_pixels_not_normalised_values() -> None:
 
 
 def test_region_occlusion_hides_only_the_eyes_or_the_mouth() -> None:
-    from fermon.model import load_architecture
+    from fermon.expression.model import load_architecture
     from training.corruptions import region_box
 
     architecture = load_architecture("cnn48")

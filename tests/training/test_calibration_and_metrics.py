@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fermon.classify import softmax
+from fermon.expression.classify import softmax
 from training.export import fit_temperature
 from training.metrics import classification_report, expected_calibration_error, negative_log_likelihood
 

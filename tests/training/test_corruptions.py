@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fermon.errors import UsageError
-from fermon.vocab import crop_template
+from fermon.faces.align import crop_template
 from training.corruptions import CORRUPTIONS, apply_corruption, region_box
 
 POINTS = np.asarray(crop_template("ferplus48")["points"], np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fermon.errors import InputError, UsageError
-from fermon.vocab import canonical_classes
+from fermon.expression.vocab import canonical_classes
 from tests.fixtures import write_affectnet, write_ferplus, write_folder, write_rafdb
 from training.datasets import read_dataset
 from training.vocabulary import code_to_class_index, dataset_classes

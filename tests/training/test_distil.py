@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint, write_untrained_checkpoint
-from fermon.classify import batched_logits, softmax
+from fermon.expression.checkpoint import load_checkpoint, write_untrained_checkpoint
+from fermon.expression.classify import ExpressionClassifier
 from tests.fixtures import write_ferplus_splits
 from training import distil
 from training.__main__ import app
@@ -35,10 +35,10 @@ def teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_teacher_probabilities_average_the_face_and_its_mirror(ferplus_root: Path, teacher: Path) -> None:
     student = read_dataset("ferplus", ferplus_root, "train", 48, "gray")
     got = distil.teacher_probabilities(str(teacher), "ferplus", ferplus_root, None, student)
-    checkpoint = load_checkpoint(teacher)
-    model = checkpoint.build_model()
-    plain = softmax(batched_logits(model, student.images), checkpoint.temperature)
-    mirrored = softmax(batched_logits(model, np.ascontiguousarray(student.images[:, :, ::-1])), checkpoint.temperature)
+    # Read as the run reads faces: the classifier, in the precision it picks on this CPU.
+    classifier = ExpressionClassifier(load_checkpoint(teacher), device="cpu")
+    plain = classifier.predict(student.images)
+    mirrored = classifier.predict(np.ascontiguousarray(student.images[:, :, ::-1]))
     np.testing.assert_allclose(got, (plain + mirrored) / 2, atol=1e-5)
     assert np.abs(plain - mirrored).max() > 1e-6  # the mirror is really another view
     again = distil.teacher_probabilities(str(teacher), "ferplus", ferplus_root, None, student)
@@ -70,7 +70,7 @@ def test_train_with_a_teacher_records_it_by_name(ferplus_root: Path, teacher: Pa
 def test_init_from_a_checkpoint_starts_from_its_backbone_and_head(tmp_path: Path) -> None:
     import torch
 
-    from fermon.model import load_architecture
+    from fermon.expression.model import load_architecture
     from training.build import build_training_model
     from training.config import TrainConfig
 
@@ -87,7 +87,7 @@ def test_init_from_a_checkpoint_starts_from_its_backbone_and_head(tmp_path: Path
 def test_init_accepts_an_embedded_model_by_name(tmp_path: Path) -> None:
     import torch
 
-    from fermon.model import load_architecture
+    from fermon.expression.model import load_architecture
     from training.build import build_training_model
     from training.config import TrainConfig
 
@@ -99,7 +99,7 @@ def test_init_accepts_an_embedded_model_by_name(tmp_path: Path) -> None:
 
 
 def test_two_teachers_teach_their_mean(ferplus_root: Path, teacher: Path, tmp_path: Path) -> None:
-    from fermon.model import load_architecture
+    from fermon.expression.model import load_architecture
     from training.config import TrainConfig
     from training.loop import _load_data
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint
-from fermon.dlib_resnet import (
+from fermon.expression.checkpoint import load_checkpoint
+from fermon.people.dlib_resnet import (
     Affine,
     DlibResNet,
     balance_for_training,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint
-from fermon.model import load_architecture
+from fermon.expression.checkpoint import load_checkpoint
+from fermon.expression.model import load_architecture
 from training.__main__ import app
 from training.hncl import (
     NeighbourParams,

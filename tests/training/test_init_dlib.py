@@ -11,15 +11,15 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint
-from fermon.dlib_resnet import (
+from fermon.errors import UsageError
+from fermon.expression.checkpoint import load_checkpoint
+from fermon.people.dlib_resnet import (
     DlibResNet,
     balance_for_training,
     dlib_weights_path,
     load_dlib_weights,
     read_dlib_network,
 )
-from fermon.errors import UsageError
 from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.build import backbone_lr_groups

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint
+from fermon.expression.checkpoint import load_checkpoint
 from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.pmfer import (

@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint, write_untrained_checkpoint
-from fermon.model import load_architecture
-from fermon.vocab import crop_template
+from fermon.expression.checkpoint import load_checkpoint, write_untrained_checkpoint
+from fermon.expression.model import load_architecture
+from fermon.faces.align import crop_template
 from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.config import TrainConfig

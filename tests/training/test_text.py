@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fermon.errors import ModelError
-from fermon.vocab import canonical_classes
+from fermon.expression.vocab import canonical_classes
 from training.text import create_text_encoder
 from training.vocabulary import class_prompts
 
@@ -87,7 +87,7 @@ def test_checkpoint_embeddings_refuse_prompts_the_checkpoint_never_saw(tmp_path:
 def test_training_from_checkpoint_embeddings_ships_those_embeddings(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fermon.checkpoint import load_checkpoint
+    from fermon.expression.checkpoint import load_checkpoint
     from tests.fixtures import write_ferplus_splits
     from training.__main__ import app
 

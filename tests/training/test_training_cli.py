@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fermon.checkpoint import load_checkpoint
+from fermon.expression.checkpoint import load_checkpoint
 from tests.fixtures import write_ferplus_splits
 from training.__main__ import app
 from training.methods import get_method, method_names
@@ -141,7 +141,7 @@ def test_evaluate_via_detector_recrops_real_faces_like_the_video_path(
 
 
 def test_the_exported_crop_is_the_networks_input_size() -> None:
-    from fermon.vocab import crop_template
+    from fermon.faces.align import crop_template
     from training.export import crop_metadata
 
     template = crop_template("ferplus48")
