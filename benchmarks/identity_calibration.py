@@ -2,6 +2,7 @@
 
     python benchmarks/identity_calibration.py template [--ferplus ROOT]   # prints the dlib150 template
     python benchmarks/identity_calibration.py threshold [--ferplus ROOT] [--out reports/identity-calibration.json]
+    python benchmarks/identity_calibration.py photos --photos DIR [--out reports/identity-photos.json]
 
 ``template``: dlib's own alignment (HOG detector, ``shape_predictor_5_face_landmarks``,
 ``dlib.get_face_chip`` at 150 px with padding 0.25, as ``compute_face_descriptor`` expects) on real
@@ -16,6 +17,12 @@ the eight colour faces, each rendered as a video would show it (face widths 56 t
 dlib's ResNet. Same-face distances (one face, two renderings) against different-face distances
 (two faces, and FERPlus faces against each other when given), and how the same-face distance grows
 as faces get smaller or blurrier: the embedding gates. dlib is needed only for ``template``.
+
+``photos``: real variation of one person, which one face rendered twice cannot show. ``--photos DIR``
+holds photos named ``<person>*.jpg`` (face_recognition 1.3.0's source distribution ships five of one
+man and one of another in ``tests/test_images/``: ``pip download --no-deps --no-binary :all:
+face_recognition==1.3.0``); every pair of their largest faces' chips, same person against different
+people, and the faces of insightface's group photo (six different people, about 100 px wide).
 """
 
 from __future__ import annotations
@@ -238,9 +245,47 @@ def measure_threshold(ferplus: Path | None, ferplus_count: int, renders: int) ->
     return result
 
 
+def measure_photos(folder: Path) -> dict:
+    import re
+
+    from insightface.data import get_image
+
+    from fermon.faces.detector import CenterFaceDetector
+    from fermon.people.chips import face_chips
+    from fermon.people.embedder import FaceEmbedder
+
+    detector, embedder = CenterFaceDetector(threads=1), FaceEmbedder()
+    names, descriptors = [], []
+    for path in sorted(folder.glob("*.jpg")):
+        photo = np.ascontiguousarray(cv2.imread(str(path))[:, :, ::-1])
+        found = detector.detect([photo])[0]
+        if not len(found):
+            continue
+        largest = int(np.argmax((found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])))
+        descriptors.append(embedder.descriptors(face_chips(photo, found.landmarks[largest][None]))[0])
+        names.append(path.stem)
+    person = [re.sub(r"[0-9_].*$", "", name) for name in names]
+    distances = pairwise(np.stack(descriptors), np.stack(descriptors))
+    same, different = [], []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            (same if person[i] == person[j] else different).append(float(distances[i, j]))
+    group = np.ascontiguousarray(get_image("t1")[:, :, ::-1])
+    faces = detector.detect([group])[0]
+    group_descriptors = embedder.descriptors(face_chips(group, faces.landmarks))
+    crowd = pairwise(group_descriptors, group_descriptors)[np.triu_indices(len(faces), 1)]
+    return {
+        "photos": names,
+        "same_person": {"min": min(same), "max": max(same), "count": len(same)},
+        "different_people": {"min": min(different), "max": max(different), "count": len(different)},
+        "group_photo_different_people": {"min": float(crowd.min()), "max": float(crowd.max()), "count": len(crowd)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("template", "threshold"))
+    parser.add_argument("what", choices=("template", "threshold", "photos"))
+    parser.add_argument("--photos", type=Path, help="photos named <person>*.jpg, for 'photos'")
     parser.add_argument("--ferplus", type=Path, help="a FERPlus root (data/FER2013Train, data/FER2013Valid)")
     parser.add_argument("--ferplus-count", type=int, default=400)
     parser.add_argument("--renders", type=int, default=12)
@@ -248,6 +293,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "template":
         result = measure_template(args.ferplus, args.ferplus_count)
+    elif args.what == "photos":
+        result = measure_photos(args.photos)
     else:
         result = measure_threshold(args.ferplus, args.ferplus_count, args.renders)
     text = json.dumps(result, indent=2)

@@ -73,16 +73,36 @@ class TrackStats:
         return bool(overlapping(self.first_sample, self.last_sample, other.first_sample, other.last_sample))
 
 
-class Tracker:
-    """Greedy IoU tracking one sample at a time (see :func:`link_tracks`), for a session's loop.
+@dataclass
+class Proposal:
+    """One sample's geometric association, before it is committed: what appearance may veto.
 
-    After each :meth:`update`, ``ended`` holds the tracks that stopped being live at that sample (not
-    seen for more than ``max_gap`` samples), so that their per-track work can be finished while the
-    session goes on; :meth:`live` gives those still open. ``stats`` keeps a small record per track.
+    ``affinity`` is (faces, live tracks) as :func:`affinity` gives it; ``doubtful`` marks the faces whose
+    continuation geometry alone cannot vouch for: a jump rather than an overlap, two candidates for one
+    track (or two tracks for one face), a track that comes back after missed samples, or no track at all
+    while others are live (a new face, or someone else in an old place)."""
+
+    sample: int
+    timestamp: float
+    boxes: np.ndarray
+    live: list[int]
+    affinity: np.ndarray
+    doubtful: np.ndarray
+
+
+class Tracker:
+    r"""Greedy IoU tracking one sample at a time (see :func:`link_tracks`), for a session's loop.
+
+    Each sample is :meth:`propose`\ d, then :meth:`commit`\ ted with an optional veto (faces that appearance
+    says are someone else than a track's person); :meth:`update` does both with geometry alone. A track
+    ends when it is not seen for more than ``max_gap`` samples or ``max_gap_s`` seconds, and at
+    :meth:`end_all` (the end of a video, a decode gap). After each commit ``ended`` holds the tracks that
+    stopped being live at that sample, so that their per-track work can be finished while the session
+    goes on; :meth:`live` gives those still open. ``stats`` keeps a small record per track.
     """
 
-    def __init__(self, min_iou: float = 0.3, max_gap: int = 5) -> None:
-        self.min_iou, self.max_gap = min_iou, max_gap
+    def __init__(self, min_iou: float = 0.3, max_gap: int = 5, max_gap_s: float = 1.5) -> None:
+        self.min_iou, self.max_gap, self.max_gap_s = min_iou, max_gap, max_gap_s
         self.stats: dict[int, TrackStats] = {}
         self.ended: list[int] = []
         self._live: dict[int, None] = {}  # live track ids in creation order (ties in matching follow it)
@@ -91,35 +111,75 @@ class Tracker:
     def live(self) -> list[int]:
         return list(self._live)
 
-    def update(self, boxes: np.ndarray, timestamp: float | None = None) -> np.ndarray:
-        """Track ids of this sample's boxes (N, 4), in the order given."""
+    def end_all(self) -> list[int]:
+        """End every live track (the video ended, or decoding skipped part of it); returns them."""
+        ended, self._live = list(self._live), {}
+        return ended
+
+    def propose(self, boxes: np.ndarray, timestamp: float | None = None) -> Proposal:
+        """The geometric association of this sample's boxes (N, 4) with the live tracks."""
         sample = self._sample
-        self._sample += 1
         stamp = float(sample if timestamp is None else timestamp)
-        self.ended = [t for t in self._live if sample - self.stats[t].last_sample > self.max_gap]
+        max_gap_s = self.max_gap_s if timestamp is not None else np.inf  # samples alone: no clock to read
+        self.ended = [
+            t
+            for t in self._live
+            if sample - self.stats[t].last_sample > self.max_gap or stamp - self.stats[t].last_time > max_gap_s
+        ]
         for track in self.ended:
             del self._live[track]
         live = list(self._live)
-        ids = np.full(len(boxes), -1, np.int32)
-        if live and len(boxes):
-            last = np.stack([self.stats[t].last_box for t in live])
-            overlap = affinity(np.asarray(boxes, np.float32), last, self.min_iou)
-            for flat in np.argsort(-overlap, axis=None):
-                row, col = divmod(int(flat), len(live))
-                if overlap[row, col] <= 0:
-                    break
-                if ids[row] < 0 and live[col] not in ids:
-                    ids[row] = live[col]
-        for row in range(len(boxes)):
-            box = np.asarray(boxes[row], np.float32)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        scores = affinity(boxes, np.stack([self.stats[t].last_box for t in live])) if live and len(boxes) else None
+        if scores is None:
+            scores = np.zeros((len(boxes), len(live)), np.float32)
+        possible = scores > 0
+        best = np.argmax(scores, axis=1) if live else np.zeros(len(boxes), int)
+        returning = np.array([bool(live) and sample - self.stats[live[c]].last_sample > 1 for c in best], bool)
+        doubtful = (
+            (
+                (possible.sum(axis=1) > 1)
+                | (possible & (possible.sum(axis=0) > 1)[None]).any(axis=1)
+                | (possible.any(axis=1) & (scores.max(axis=1, initial=0) < self.min_iou))
+                | (possible.any(axis=1) & returning.reshape(-1))
+                | (~possible.any(axis=1) & bool(live))
+            )
+            if len(boxes)
+            else np.zeros(0, bool)
+        )
+        return Proposal(sample, stamp, boxes, live, scores, doubtful)
+
+    def commit(self, proposal: Proposal, veto: np.ndarray | None = None) -> np.ndarray:
+        """Track ids of the proposal's boxes, in the order given: greedy, best pair first, skipping the
+        pairs ``veto`` (faces, live tracks) forbids; a box left over starts a new track."""
+        if proposal.sample != self._sample:
+            raise ValueError("commit the proposal of the current sample")
+        self._sample += 1
+        live, scores = proposal.live, proposal.affinity
+        if veto is not None:
+            scores = np.where(veto, 0.0, scores)
+        ids = np.full(len(proposal.boxes), -1, np.int32)
+        for flat in np.argsort(-scores, axis=None, kind="stable"):
+            row, col = divmod(int(flat), len(live))
+            if scores[row, col] <= 0:
+                break
+            if ids[row] < 0 and live[col] not in ids:
+                ids[row] = live[col]
+        for row, box in enumerate(proposal.boxes):
             if ids[row] < 0:
                 ids[row] = len(self.stats)
-                self.stats[int(ids[row])] = TrackStats(sample, sample, stamp, stamp, box, box, 0)
+                self.stats[int(ids[row])] = TrackStats(
+                    proposal.sample, proposal.sample, proposal.timestamp, proposal.timestamp, box, box, 0
+                )
                 self._live[int(ids[row])] = None
             stats = self.stats[int(ids[row])]
-            stats.last_sample, stats.last_time, stats.last_box = sample, stamp, box
+            stats.last_sample, stats.last_time, stats.last_box = proposal.sample, proposal.timestamp, box
             stats.faces += 1
         return ids
+
+    def update(self, boxes: np.ndarray, timestamp: float | None = None) -> np.ndarray:
+        """Track ids of this sample's boxes (N, 4), in the order given, by geometry alone."""
+        return self.commit(self.propose(boxes, timestamp))
 
 
 def link_tracks(boxes_per_sample: Sequence[np.ndarray], min_iou: float = 0.3, max_gap: int = 5) -> list[np.ndarray]:

@@ -24,10 +24,6 @@ CHIP_TEMPLATE = "dlib150"
 MIN_EMBED_PX = 56.0  # face box width in video pixels
 MIN_SHARPNESS = 0.2  # see face_quality
 MIN_FRONTAL = 0.15  # nose within 0.68 eye distances of the eyes' middle: three-quarter views embed, profiles not
-CHIPS_PER_TRACK = 3  # kept while a track is live; a short track embeds fewer (chips_to_embed)
-MIN_TRACK_FACES = 3  # a track seen fewer times is not embedded (often a false detection)
-CHIP_SPACING = 5  # samples between a track's kept chips, so they are not near copies of one another
-EMBED_BATCH = 16
 _SHARPNESS_PX = 64
 
 
@@ -94,10 +90,3 @@ def face_quality(image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray) ->
             sharpness = float(cv2.Laplacian(grey, cv2.CV_32F).std()) / (float(grey.std()) + 1.0)
         qualities.append(FaceQuality(float(box[2] - box[0]), frontal_score(marks), sharpness))
     return qualities
-
-
-def chips_to_embed(faces: int) -> int:
-    """How many of a finished track's kept chips are embedded: 1 under 5 s at 5 samples/s, up to 3."""
-    if faces < MIN_TRACK_FACES:
-        return 0
-    return min(CHIPS_PER_TRACK, 1 + faces // 25)

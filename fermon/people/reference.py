@@ -17,13 +17,22 @@ REFERENCE_MAX_SIDE = 1280  # photos are shrunk to this before detection: enough 
 
 
 def nearest_person(reference: np.ndarray, links: PersonLinks, threshold: float = DISTANCE_THRESHOLD):
-    """The person whose mean descriptor is nearest ``reference``, and that distance; None beyond ``threshold``."""
+    """The person nearest ``reference``, and that distance; None beyond ``threshold``.
+
+    A person's distance is the smaller of its mean descriptor's and the median of its three nearest
+    track descriptors': a photo taken in other light or pose may match some of the patient's tracks
+    (the ones like it) better than their mean, while one lookalike track alone does not decide."""
     if not links.centroids:
         return None, None
     persons = list(links.centroids)
-    distances = np.linalg.norm(np.stack([links.centroids[p] for p in persons]) - reference[None], axis=1)
+    distances = []
+    for person in persons:
+        to_mean = float(np.linalg.norm(links.centroids[person] - reference))
+        chips = links.exemplars.get(person)
+        nearest = np.sort(np.linalg.norm(chips - reference[None], axis=1))[:3] if chips is not None else []
+        distances.append(min(to_mean, float(np.median(nearest))) if len(nearest) else to_mean)
     best = int(np.argmin(distances))
-    distance = float(distances[best])
+    distance = distances[best]
     return (persons[best] if distance <= threshold else None), distance
 
 

@@ -19,7 +19,7 @@ from fermon.errors import InputError
 from fermon.faces.track import Tracker
 from fermon.inputs.clock import SessionClock, known_starts, place_chunks
 from fermon.inputs.sessions import Session, VideoFile
-from fermon.people.embedder import TrackIdentities
+from fermon.people.appearance import TrackAppearance, TrackLook
 from fermon.run.options import ProcessOptions
 from fermon.run.timeline import SampledFaces
 from fermon.video import DecodeGap, VideoInfo, iter_batches, probe, read_ahead, sample_indices
@@ -49,26 +49,29 @@ class FaceRows:
         self.track_ids: list[np.ndarray] = []  # per sample (N,)
         self.probs: list[np.ndarray] = []  # per classified chunk
         self.tracker = Tracker()
-        self.identities = TrackIdentities(embedder)
+        self.appearance = TrackAppearance(embedder)
+        self.ends = {"video": 0, "decode_gap": 0}  # tracks ended by a boundary rather than a gap
         self._pending: list[np.ndarray] = []
         self._pending_count = 0
 
     def add(self, video_number: int, frame_index: int, timestamp: float, frame: np.ndarray, detections: Any) -> None:
         from fermon.faces.align import crop_faces
 
-        sample = len(self.sample_frame)
         self.sample_video.append(video_number)
         self.sample_frame.append(frame_index)
         self.sample_time.append(timestamp)
         boxes = detections.boxes.astype(np.float32)
         self.boxes.append(boxes)
         self.scores.append(detections.scores.astype(np.float32))
-        ids = self.tracker.update(boxes, timestamp)
+        crops = crop_faces(frame, detections.landmarks, self.spec) if len(detections) else np.zeros((0,))
+        # Geometry proposes, appearance may veto: a track never carries on into someone else.
+        proposal = self.tracker.propose(boxes, timestamp)
+        self.appearance.end(self.tracker.ended)
+        look = self.appearance.look(proposal, frame, detections.landmarks, crops)
+        ids = self.tracker.commit(proposal, look.veto)
+        self.appearance.record(proposal, look, ids)
         self.track_ids.append(ids)
-        self.identities.end(self.tracker.ended, self.tracker.stats)
-        self.identities.observe(sample, frame, ids, boxes, detections.landmarks)
         if len(detections):
-            crops = crop_faces(frame, detections.landmarks, self.spec)
             self._pending.append(crops)
             self._pending_count += len(crops)
             if self._pending_count >= self.classifier.batch_size:
@@ -88,10 +91,16 @@ class FaceRows:
         self._pending = [crops[cut:]] if cut < len(crops) else []
         self._pending_count = len(crops) - cut
 
-    def descriptors(self) -> dict[int, np.ndarray]:
-        """Each embedded track's descriptor, once the session's samples are all in (in memory only)."""
-        self.identities.end(self.tracker.live(), self.tracker.stats)
-        return self.identities.finish()
+    def end_tracks(self, reason: str) -> None:
+        """End every live track: the video ended, or decoding skipped part of it (``reason``)."""
+        ended = self.tracker.end_all()
+        self.appearance.end(ended)
+        self.ends[reason] += len(ended)
+
+    def looks(self) -> dict[int, TrackLook]:
+        """Each embedded track's look, once the session's samples are all in (in memory only)."""
+        self.appearance.end(self.tracker.end_all())
+        return self.appearance.finish()
 
     def sampled(self, classes: int) -> SampledFaces:
         probs = np.concatenate(self.probs) if self.probs else np.zeros((0, classes), np.float32)
@@ -161,14 +170,19 @@ def _detect_videos(
             iter_batches(video, sample_indices(starts, options.fps), starts, video_gaps, options.segment_samples)
         )
         detect = partial(detect_whole if options.whole_frames else detect_tracked, detector)
+        gaps_seen = 0
         for batch, found in detect_in_parallel(detect, batches, options.threads or available_cores()):
             if STOP.is_set():
                 raise SessionStoppedError(session.session_id)
             for index, stamp, frame, detections in zip(
                 batch.frame_indices, batch.timestamps_s, batch.frames, found, strict=True
             ):
+                while gaps_seen < len(video_gaps) and video_gaps[gaps_seen].start_s <= float(stamp):
+                    rows.end_tracks("decode_gap")  # a face before a hole in the video is not vouched for after it
+                    gaps_seen += 1
                 rows.add(number, int(index), offset + float(stamp), frame, detections)
                 progress(done_s + float(stamp))
+        rows.end_tracks("video")  # the next chunk may start hours later, on someone else
         infos.append({"video": video.relative, "offset_s": offset, **info.to_dict(), **clock.video_facts(place)})
         gaps += [{"video": video.relative, **asdict(gap)} for gap in video_gaps]
         done_s += info.duration_s

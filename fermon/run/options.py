@@ -74,7 +74,7 @@ class ProcessOptions:
 
     def relevant(self) -> dict[str, Any]:
         """Options that change the rows written (device, batch size and workers do not)."""
-        from fermon.people.linking import IDENTITY_VERSION
+        from fermon.people.linking import identity_settings
 
         return {
             "fps": float(self.fps),
@@ -83,7 +83,7 @@ class ProcessOptions:
             "min_face": float(self.min_face),  # 64 and 64.0 are one setting
             "whole_frames": self.whole_frames,
             "session_by": self.session_by,
-            "identity": IDENTITY_VERSION if self.identity else None,
+            "identity": identity_settings() if self.identity else None,
             # The photo's content, not its name: another photo of the same name is another setting.
             "target_reference_sha256": reference_sha256(self.target_reference) if self.target_reference else None,
         }

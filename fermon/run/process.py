@@ -228,6 +228,7 @@ def run_process(
     for name in found.skipped:
         emit({"event": "file_skipped", "file": name, "reason": "not a video"})
     identity = resolve_models(options)
+    _check_reference_photo(options, identity)
     config_fp = json_fingerprint({"model": identity.fingerprint(), "options": options.relevant()})
     STOP.clear()
     with FolderLock(state):
@@ -253,6 +254,18 @@ def run_process(
         }
     )
     return summary
+
+
+def _check_reference_photo(options: ProcessOptions, identity: ModelIdentity) -> None:
+    """A reference photo without a face fails the run once, here, before any session (DataError, 65),
+    rather than every session, each recorded as a bad input. The descriptor stays cached in this
+    process, so sessions run here reuse it."""
+    if options.target_reference is None:
+        return
+    from fermon.run.models import cached_embedder, cached_models, cached_reference
+
+    detector, _ = cached_models(identity, options)
+    cached_reference(options, detector, cached_embedder(options))
 
 
 @dataclass(frozen=True)

@@ -66,12 +66,21 @@ def _persons(rows: FaceRows, options: ProcessOptions, frame_size: tuple[int, int
     from fermon.people.linking import identity_footer, link_persons
     from fermon.people.reference import nearest_person
 
-    descriptors = rows.descriptors()
+    looks = rows.looks()
+    descriptors = {track: look.mean for track, look in looks.items()}
     links = link_persons(rows.tracker.stats, descriptors)
     track_ids = np.concatenate(rows.track_ids) if rows.track_ids else np.zeros(0, np.int32)
     person_ids = np.array([links.person_of_track[int(t)] for t in track_ids], np.int32)
+    track_ends = {"appearance": rows.appearance.splits, **rows.ends}
+    by_position = int(np.isin(track_ids, list(links.tracks_by_position)).sum())
     footer = identity_footer(
-        links, len(rows.tracker.stats), len(descriptors), rows.identities.chips_embedded, options.identity
+        links,
+        len(rows.tracker.stats),
+        len(descriptors),
+        rows.appearance.chips_embedded,
+        options.identity,
+        track_ends,
+        by_position,
     )
     if reference is not None:
         person, distance = nearest_person(reference, links)

@@ -109,3 +109,35 @@ def test_choose_targets_takes_person_ids() -> None:
     persons = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
     assert choose_targets(tracks, boxes, "largest") == {2}
     assert choose_targets(persons, boxes, "largest") == {0}
+
+
+def test_a_track_ends_after_a_gap_in_seconds_and_at_end_all() -> None:
+    box = np.array([[100, 100, 200, 200]], np.float32)
+    tracker = Tracker(max_gap=5, max_gap_s=1.5)
+    first = tracker.update(box, timestamp=0.0)
+    # Two samples later, but 3 s later on the clock (sampling skipped a decode gap or a pause): a new track.
+    later = tracker.update(box, timestamp=3.0)
+    assert later[0] != first[0] and tracker.ended == [int(first[0])]
+    again = tracker.update(box, timestamp=3.2)
+    assert again[0] == later[0]
+    assert tracker.end_all() == [int(later[0])] and tracker.live() == []
+    assert tracker.update(box, timestamp=3.4)[0] not in (first[0], later[0])  # the next video starts afresh
+
+
+def test_a_veto_keeps_a_face_off_the_track_geometry_gives_it() -> None:
+    tracker = Tracker()
+    box = np.array([[100, 100, 200, 200]], np.float32)
+    (track,) = tracker.update(box, timestamp=0.0)
+    proposal = tracker.propose(box + 2, timestamp=0.2)  # the same place: geometry says the same track
+    assert proposal.affinity[0, 0] > 0.9 and not proposal.doubtful[0]
+    (other,) = tracker.commit(proposal, veto=np.array([[True]]))  # appearance says someone else
+    assert other != track and set(tracker.live()) == {int(track), int(other)}
+
+
+def test_doubtful_continuations_are_marked() -> None:
+    tracker = Tracker()
+    tracker.update(np.array([[100, 100, 200, 200]], np.float32), timestamp=0.0)
+    jump = tracker.propose(np.array([[200, 100, 300, 200]], np.float32), timestamp=0.2)  # no overlap, near
+    assert jump.affinity[0, 0] > 0 and jump.doubtful[0]
+    two = tracker.propose(np.array([[100, 100, 200, 200], [150, 100, 250, 200]], np.float32), timestamp=0.2)
+    assert two.doubtful.all()  # two candidates for one track
