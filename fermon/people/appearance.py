@@ -34,10 +34,14 @@ from fermon.people.chips import face_chips, face_quality
 # photos taken years apart are at most 0.52 apart, a mirrored or darker copy 0.26; two strangers' at
 # least 0.55 (reports/identity-photos.json; see fermon.people.linking).
 SAME_TRACK_MAX = 0.5
-CHECK_INTERVAL_S = 1.0  # a live track is embedded at least this often, where a face allows it
+# A live track is embedded at least this often where a face allows it: the backstop. The signature
+# below checks every sample at no cost, and catches a cut to someone else (one face's crops, jittered by
+# 2 px, correlate above 0.98; two strangers' at most 0.66, in insightface's group photo); a person who
+# walks in is caught by the tracker's doubt. One embedding costs about 7 ms on one core (2 ms in a
+# batch of 16): once a second would cost 20% of the run (reports/performance.md), every 4 s about 7%.
+CHECK_INTERVAL_S = 4.0
 SIGNATURE_PX = 24  # crops are compared at this size, grey
-# A face whose crop correlates less than this with its track's previous crop is embedded at once. One
-# person moving at 5 samples/s stays above 0.8; a cut to another face drops below 0.6.
+# A face whose crop correlates less than this with its track's previous crop is embedded at once.
 SIGNATURE_TRIGGER = 0.75
 CHIPS_KEPT = 8  # chip descriptors a track keeps, spread over its life (the reference photo's matching)
 
