@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -15,6 +15,9 @@ from fermon.cli._common import exit_on_error
 from fermon.cli.report import EventsOption, EventWindowOption, NightOption, TimezoneOption, clinical_options
 from fermon.faces.detector import DEFAULT_MIN_FACE
 from fermon.run.options import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from fermon.run.process import RunSummary
 
 EX_OK = 0
 EX_DATAERR = 65  # sysexits: some input's data was bad
@@ -63,8 +66,9 @@ class _Reporter:
             self.log.flush()
         if self.progress is not None:
             self._advance(event)
-        elif not self.quiet and event["event"] == "session_failed":
-            typer.echo(f"fermon: failed: {event['error']}", err=True)
+        else:  # failures are named in every mode, --quiet and cron's (no terminal) included
+            for reason in _failure_reasons(event):
+                typer.echo(f"fermon: failed: {reason}", err=True)
         if not self.quiet and event["event"] == "warning":
             self._warn(event["message"])
 
@@ -88,10 +92,8 @@ class _Reporter:
             self.progress.advance(self.sessions)
             task = self.progress.tasks[self.sessions]
             self.progress.update(self.sessions, shown=f"{int(task.completed)}/{int(task.total or 0)}")
-            if kind == "session_failed":
-                self.progress.console.print(f"failed: {event['error']}", markup=False)
-            for video in event.get("failed_videos") or []:
-                self.progress.console.print(f"failed: {video['reason']}", markup=False)
+            for reason in _failure_reasons(event):
+                self.progress.console.print(f"failed: {reason}", markup=False)
 
     def _show_video(self, done: float, total: float) -> None:
         shown = f"{_clock(done)}/{_clock(total)}"
@@ -102,6 +104,27 @@ class _Reporter:
             self.progress.stop()
             self.progress.console.file.close()
             self.progress = None
+
+
+def _failure_reasons(event: dict[str, Any]) -> list[str]:
+    """One line per failed input of a session event: the whole session's, or each bad chunk's. Each
+    reason names its file."""
+    if event["event"] == "session_failed":
+        return [event["error"]]
+    if event["event"] == "session_done":
+        return [video["reason"] for video in event.get("failed_videos") or []]
+    return []
+
+
+def last_line(summary: RunSummary) -> str:
+    """The run's closing line: what was done, and every failure counted, chunks of done sessions too."""
+    known = f", {len(summary.known_bad)} known bad (not retried)" if summary.known_bad else ""
+    chunks = len(summary.failed_videos)
+    within = f" (and {chunks} failed video(s) in done sessions)" if chunks else ""
+    return (
+        f"{len(summary.done)} done, {len(summary.up_to_date)} up to date, {len(summary.failed)} failed{within}"
+        f"{known}, {len(summary.not_videos)} other file(s) skipped"
+    )
 
 
 class _StopOnSignal:
@@ -287,13 +310,8 @@ def process(
             reporter.close()
             if log is not None:
                 log.close()
-    if not quiet:
-        known = f", {len(summary.known_bad)} known bad (not retried)" if summary.known_bad else ""
-        typer.echo(
-            f"{len(summary.done)} done, {len(summary.up_to_date)} up to date, {len(summary.failed)} failed{known}, "
-            f"{len(summary.not_videos)} other file(s) skipped",
-            err=True,
-        )
+    if not quiet or summary.failed or summary.failed_videos:  # --quiet still counts what failed
+        typer.echo(last_line(summary), err=True)
     if not no_report:
         from fermon.cli.report import run_reports
 

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fermon.errors import OutputError, RunInterruptedError, UsageError
+from fermon.errors import InputError, OutputError, RunInterruptedError, UsageError
+from fermon.faces.runtime import resolve_device
 from fermon.inputs import storage
 from fermon.inputs.archives import SCRATCH_DIR, remove_scratch
 from fermon.inputs.discover import find_inputs
@@ -206,6 +207,9 @@ def run_process(
         raise UsageError("--workers must be 0 (no Dask) or more")
     if (scheduler or scheduler_file) and workers:
         raise UsageError("--workers cannot be combined with --scheduler or --scheduler-file")
+    on_a_cluster = bool(scheduler or scheduler_file or (workers is None and os.environ.get("DASK_SCHEDULER_ADDRESS")))
+    if not on_a_cluster:
+        resolve_device(options.device)  # --device cuda without a GPU here: a usage error before any session
     out = out_dir if storage.is_url(out_dir) else Path(out_dir)
     state = _output_state(out)
     found = find_inputs(inputs, options.session_by)
@@ -220,6 +224,8 @@ def run_process(
         found, warnings = inputs_from_manifest(found, Path(options.manifest))
         for message in warnings:
             emit({"event": "warning", "message": message})
+        if not found.sessions:  # a study whose manifest names none of the videos: nothing would be done
+            raise InputError(f"{Path(options.manifest).name}: no row matches a video under the inputs")
     for message in found.refused:
         emit({"event": "warning", "message": message})
     scratch = str(state.resolve() / SCRATCH_DIR)  # on the client's disk, also for an output URL

@@ -42,8 +42,23 @@ def timeline_schema(class_names: list[str], metadata: dict[str, Any] | None = No
         pa.field("confidence", pa.float32()),
         *(pa.field(f"prob_{name}", pa.float32()) for name in class_names),
     ]
-    extra = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()} if metadata is not None else None
-    return pa.schema(fields, metadata=extra)
+    schema = pa.schema(fields)
+    extra = {b"pandas": _pandas_metadata(schema)}
+    if metadata is not None:
+        extra[METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
+    return schema.with_metadata(extra)
+
+
+NULLABLE_INTEGERS = ("track_id", "person_id")
+
+
+def _pandas_metadata(schema: pa.Schema) -> bytes:
+    """pandas' own description of the columns, so that plain ``pandas.read_parquet`` reads the ids as
+    nullable ``Int32`` (as :func:`fermon.read_timelines` does) rather than float64 with NaN."""
+    empty = schema.empty_table().to_pandas()
+    for name in NULLABLE_INTEGERS:
+        empty[name] = empty[name].astype("Int32")
+    return pa.Schema.from_pandas(empty, preserve_index=False).metadata[b"pandas"]
 
 
 @dataclass

@@ -149,3 +149,14 @@ def test_manifest_sets_the_sessions_even_with_session_by_folder(
     assert result.exit_code == 0, result.output
     assert "warning: --session-by is not used with --manifest" in result.output
     assert sorted(p.stem for p in (tmp_path / "o" / "timelines").iterdir()) == ["s1", "s2"]
+
+
+def test_a_manifest_that_matches_no_video_is_an_error(tmp_path: Path, astronaut: np.ndarray) -> None:
+    write_video(tmp_path / "in" / "bed1.mp4", moving_face_frames(astronaut_face(astronaut), 1, 10))
+    manifest = tmp_path / "study.csv"
+    manifest.write_text("video,patient_id,session_id,start\nbed9.mp4,P9,p9-night,2026-03-29T01:00:00+01:00\n")
+    args = ["process", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--manifest", str(manifest), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 66, result.output
+    assert "study.csv: no row matches a video under the inputs" in result.output.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "timelines").exists()

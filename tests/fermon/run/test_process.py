@@ -439,9 +439,13 @@ def test_known_bad_file_second_night_exits_0_and_quiet_is_quiet(
     common = ["--out", str(tmp_path / "out"), "--checkpoint", options.checkpoint, "--device", "cpu", "--no-report"]
     first = _cli("process", str(clips), *common, "--quiet")
     assert first.returncode == 65
-    # Quiet means quiet: nothing from decord's C++ layer, no absolute path, only fermon's own lines.
+    # Quiet means quiet: nothing from decord's C++ layer, no absolute path, only fermon's own lines,
+    # and those only to name what failed and count it.
     assert first.stdout == "" and "ERROR opening" not in first.stderr and str(tmp_path) not in first.stderr
-    assert str(clips) not in first.stderr and first.stderr == ""
+    lines = first.stderr.strip().splitlines()
+    assert str(clips) not in first.stderr and len(lines) == 3, lines
+    assert lines[0].startswith("fermon: failed: bad/") and lines[1].startswith("fermon: failed: bad/")
+    assert lines[2].startswith("4 done, 0 up to date, 2 failed")
     second = _cli("process", str(clips), *common)
     assert second.returncode == 0, second.stderr
     assert "2 known bad (not retried)" in second.stderr and "ERROR opening" not in second.stderr
@@ -500,3 +504,34 @@ def test_interrupt_exits_with_one_line_and_records_what_finished(
     assert 0 < done < 12 and len(list((out / "timelines").glob("*.parquet"))) == done
     rerun = run_process([source], out, options, workers=0)
     assert len(rerun.up_to_date) == done and len(rerun.done) == 12 - done
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_a_gpu_is_a_usage_error_before_any_session(tmp_path: Path, clips) -> None:
+    result = CliRunner().invoke(
+        app, ["process", str(clips / "face.mp4"), "--out", str(tmp_path / "out"), "--device", "cuda"]
+    )
+    assert result.exit_code == 64, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "cuda" in line and "no CUDA device" in line
+    assert not (tmp_path / "out" / "fermon-ledger.sqlite").exists()  # no session was recorded as failed
+
+
+def test_quiet_and_without_a_terminal_every_failed_chunk_is_named_and_counted(
+    tmp_path: Path, clips: Path, untrained_checkpoint: Path
+) -> None:
+    """As cron runs it: a folder session with one good chunk and two broken ones."""
+    folder = tmp_path / "in" / "bed-3"
+    folder.mkdir(parents=True)
+    shutil.copy(clips / "face.mp4", folder / "a.mp4")
+    shutil.copy(clips / "bad" / "corrupt.mp4", folder / "b.mp4")
+    shutil.copy(clips / "bad" / "empty.mp4", folder / "c.mp4")
+    base = ["process", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--session-by", "folder"]
+    base += ["--checkpoint", str(untrained_checkpoint), "--detector", "centerface", "--no-report"]
+    for extra in (["--quiet"], []):
+        result = CliRunner().invoke(app, [*base, *extra, "--force"])
+        assert result.exit_code == 65, result.output
+        lines = result.output.strip().splitlines()
+        failed = [line for line in lines if line.startswith("fermon: failed:")]
+        assert len(failed) == 2 and any("b.mp4" in f for f in failed) and any("c.mp4" in f for f in failed), lines
+        assert lines[-1].startswith("1 done, 0 up to date, 0 failed (and 2 failed video(s) in done sessions)")

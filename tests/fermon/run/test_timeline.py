@@ -47,3 +47,27 @@ def test_write_is_atomic_and_stale_temporaries_are_removed(tmp_path: Path) -> No
     assert [p.name for p in path.parent.iterdir()] == ["s.parquet"]
     (path.parent / ".s.parquet.123.tmp").write_bytes(b"half a file")  # left by a killed run
     assert remove_stale_temporaries(tmp_path) == 1 and [p.name for p in path.parent.iterdir()] == ["s.parquet"]
+
+
+def test_plain_pandas_reads_the_ids_as_nullable_integers(tmp_path: Path) -> None:
+    """The README's own example, pandas.read_parquet("DIR/timelines"), gets what read_timelines gets."""
+    import pandas as pd
+
+    import fermon
+
+    columns = face_columns("s", ["v.mp4"], _two_samples(), np.array([3, 4], np.int32), np.array([True, False]), CLASSES)
+    columns["person_id"] = np.array([0, 1, 0], np.int32)
+    write_atomic(
+        build_table(columns, CLASSES, {"session_id": "s", "class_names": CLASSES}), timeline_path(tmp_path, "s")
+    )
+    plain = pd.read_parquet(tmp_path / "timelines")
+    ours = fermon.read_timelines(tmp_path)
+    for name in ("track_id", "person_id"):
+        assert plain[name].dtype == pd.Int32Dtype() == ours[name].dtype
+        assert plain[name].tolist()[:2] == ours[name].tolist()[:2] and plain[name].isna().tolist() == [
+            False,
+            False,
+            True,
+        ]
+    assert str(plain["wall_time"].dtype) == str(ours["wall_time"].dtype)
+    assert read_metadata(timeline_path(tmp_path, "s"))["session_id"] == "s"  # fermon's footer is kept beside pandas'
