@@ -168,6 +168,13 @@ def _duration(session_id: str, samples: pd.DataFrame, metadata: Mapping[str, Any
     return float(times[-1] - times[0] + step) if len(times) else 0.0
 
 
+def _span(samples: pd.DataFrame) -> float:
+    """Seconds from the first sample to the last on the session's axis, pauses between chunks included
+    (``duration_s`` is the seconds recorded)."""
+    times = samples["timestamp_s"].to_numpy(float)
+    return float(times.max() - times.min()) if len(times) else 0.0
+
+
 def summarize_session(
     samples: pd.DataFrame,
     class_names: list[str],
@@ -189,6 +196,7 @@ def summarize_session(
         "session_id": session_id,
         "videos": len((metadata or {}).get("videos") or []) or int(samples["video"].nunique()),
         "duration_s": _duration(session_id, samples, metadata),
+        "span_s": _span(samples),
         "sampling_fps": float((metadata or {}).get("sampling_fps", np.nan)),
         "sampled_frames": sampled,
         "covered_frames": len(covered),
@@ -217,21 +225,25 @@ def summarize_session(
     for name in FLAGS:
         row[f"flag_{name}"] = bool(flags[name])
     row["quality_flags"] = ";".join(name for name in FLAGS if flags[name])
-    row |= clinical_facts(metadata)
+    row |= clinical_facts(metadata, float(samples["timestamp_s"].max()) if len(samples) else None)
     return row
 
 
-CLINICAL_COLUMNS = ("patient_id", "start_time")
+CLINICAL_COLUMNS = ("patient_id", "start_time", "end_time")
 
 
-def clinical_facts(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A session's patient (from a study manifest) and wall-clock start (UTC), from its footer."""
+def clinical_facts(metadata: Mapping[str, Any] | None, last_sample_s: float | None = None) -> dict[str, Any]:
+    """A session's patient (from a study manifest), wall-clock start and the wall-clock time of its last
+    sample (UTC, ISO: rows are stored as JSON), from its footer; None where the clock is unknown."""
     start = ((metadata or {}).get("clock") or {}).get("start")
-    return {"patient_id": (metadata or {}).get("patient_id"), "start_time": start}  # ISO: rows are stored as JSON
+    end = None
+    if start and last_sample_s is not None:
+        end = (pd.Timestamp(start) + pd.Timedelta(microseconds=round(last_sample_s * 1e6))).isoformat()
+    return {"patient_id": (metadata or {}).get("patient_id"), "start_time": start, "end_time": end}
 
 
 def summary_columns(class_names: list[str]) -> list[str]:
-    base = ["session_id", "videos", "duration_s", "sampling_fps", "sampled_frames", "covered_frames"]
+    base = ["session_id", "videos", "duration_s", "span_s", "sampling_fps", "sampled_frames", "covered_frames"]
     base += ["coverage", "multi_face_share", "mean_det_score", "mean_confidence", "decode_gaps", "decode_gap_s"]
     return [
         *base,
@@ -248,11 +260,12 @@ def summary_frame(rows: list[dict[str, Any]], class_names: list[str]) -> pd.Data
     """Summary rows as a typed DataFrame (one row per session, sorted by session id)."""
     frame = pd.DataFrame(rows, columns=summary_columns(class_names))
     types: dict[str, Any] = {"session_id": "string", "quality_flags": "string", "patient_id": "string"}
-    types["start_time"] = "datetime64[us, UTC]"
+    types |= {"start_time": "datetime64[us, UTC]", "end_time": "datetime64[us, UTC]"}
     types |= {c: "int64" for c in ("videos", "sampled_frames", "covered_frames", "decode_gaps")}
     types |= {f"flag_{f}": "bool" for f in FLAGS}
     types["dominant_expression"] = pd.CategoricalDtype(class_names)
-    frame["start_time"] = pd.to_datetime(frame["start_time"], utc=True, format="ISO8601")
+    for column in ("start_time", "end_time"):
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     for column in frame.columns:
         frame[column] = frame[column].astype(types.get(column, "float64"))
     return frame.sort_values("session_id", kind="stable").reset_index(drop=True)

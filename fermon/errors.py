@@ -8,6 +8,10 @@ class FermonError(Exception):
 
     exit_code: int = 70  # EX_SOFTWARE
 
+    def __init__(self, message: str = "", detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail  # the raw text behind a plain-words message (a decoder's), for the ledger
+
 
 class UsageError(FermonError):
     """The command line or a configuration value is wrong."""

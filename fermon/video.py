@@ -67,6 +67,35 @@ class DecodeGap:
     reason: str
 
 
+def decoder_reason(raw: str, head: bytes = b"") -> str:
+    """A decoder's failure in plain words; ``head`` is the file's first bytes, where they can be read
+    (decord reports a damaged file and a file that is no video alike)."""
+    text = raw.lower()
+    if "cannot find video stream" in text or "no video stream" in text:
+        return "no video stream (sound only?)"
+    if "codec" in text and ("not found" in text or "unsupported" in text or "not supported" in text):
+        return "unsupported codec"
+    if "buffer source" in text or "avfilter_graph_create_filter" in text:
+        return "unsupported or damaged video stream"
+    if head[4:8] == b"ftyp":  # an MP4/MOV that starts right and cannot be read: cut short
+        return "truncated or unfinished recording (no index)"
+    if head[:4] in (b"\x1aE\xdf\xa3", b"RIFF"):
+        return "damaged video container"
+    if "error reading" in text or "invalid data" in text or "error opening" in text:
+        return "not a video file"
+    return "cannot be decoded"
+
+
+def _unreadable(video: VideoFile, error: BaseException) -> DataError:
+    """The DataError for a video the decoder cannot open: plain words, the raw text as its detail."""
+    head = b""
+    if not storage.is_url(video.path):
+        with open(video.path, "rb") as handle:
+            head = handle.read(12)
+    raw = _first_line(error, video)
+    return DataError(f"{video.relative}: not a readable video: {decoder_reason(raw, head)}", detail=raw)
+
+
 def _first_line(error: BaseException, video: VideoFile) -> str:
     """The first line of a decord error, without the absolute path it embeds."""
     text = _LOG_PREFIX.sub("", str(error)).strip().splitlines()
@@ -124,7 +153,7 @@ def open_reader(video: VideoFile):
         with native_stderr_silenced():
             reader = decord.VideoReader(str(video.path), ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as error:
-        raise DataError(f"{video.relative}: not a readable video ({_first_line(error, video)})") from error
+        raise _unreadable(video, error) from error
     if len(reader) == 0:
         raise DataError(f"{video.relative}: no video frames")
     return reader
@@ -149,7 +178,7 @@ def _open_remote_reader(video: VideoFile):
             reader = decord.VideoReader(source.url, ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as error:
         source.close()
-        raise DataError(f"{video.relative}: not a readable video ({_first_line(error, video)})") from error
+        raise _unreadable(video, error) from error
     reader.fermon_source = source  # served for as long as the reader lives
     if len(reader) == 0:
         raise DataError(f"{video.relative}: no video frames")

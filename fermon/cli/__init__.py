@@ -25,6 +25,9 @@ from fermon.cli.process import process
 from fermon.cli.report import report
 
 EX_USAGE = 64
+# Older click raises Abort on Ctrl-C at a prompt; typer's own copy has none (it lets KeyboardInterrupt
+# through). Looked up once, so that an unexpected error is never masked by a missing name here.
+_ABORT = getattr(click_errors, "Abort", KeyboardInterrupt)
 
 
 class FermonGroup(TyperGroup):
@@ -44,7 +47,7 @@ class FermonGroup(TyperGroup):
         except click_errors.ClickException as error:
             typer.echo(f"fermon: error: {error.format_message()}", err=True)
             code = error.exit_code
-        except click_errors.Abort:
+        except _ABORT:
             typer.echo("fermon: interrupted", err=True)
             code = 130
         code = code if isinstance(code, int) else 0

@@ -220,7 +220,7 @@ def clinical_section(
     zone = display_zone(metadata, settings.zone)
     class_names = list(metadata.get("class_names") or [])
     clock = metadata.get("clock") or {}
-    end = start + pd.Timedelta(seconds=float(row["duration_s"])) if start is not None else None
+    end = pd.Timestamp(row["end_time"]) if row.get("end_time") else None  # the last sample, gaps included
     facts = [
         ("patient", patient or "–"),
         ("recording start", local_text(start, zone) if start is not None else "unknown"),

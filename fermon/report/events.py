@@ -236,6 +236,10 @@ def session_periods(
         counts = covered["label"].value_counts()
         row = {"patient_id": patient_id, "session_id": str(metadata.get("session_id")), "period": period}
         row |= {"sampled_frames": len(part), "covered_frames": len(covered)}
+        times = wall[np.asarray(mask, bool)]
+        # ISO text, None without samples: the parts are kept in the report's JSON manifest.
+        row |= {"start_time": times.min().isoformat() if len(times) else None}
+        row |= {"end_time": times.max().isoformat() if len(times) else None}
         row |= {f"sum_prob_{c}": float(covered[f"prob_{c}"].sum()) for c in class_names}
         row |= {f"count_{c}": int(counts.get(c, 0)) for c in class_names}
         parts.append(row)
@@ -283,13 +287,20 @@ def unmatched_event_rows(events: Sequence[Event], matched_lines: set[int]) -> li
 def patients_frame(parts: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> pd.DataFrame:
     """``patients.parquet``: one row per patient and period (day, night) over all their sessions:
     sessions, coverage, share of covered time and mean probability per class, dominant expression."""
-    columns = ["patient_id", "period", "sessions", "sampled_frames", "covered_frames", "coverage"]
+    columns = ["patient_id", "period", "sessions", "start_time", "end_time", "span_s"]
+    columns += ["sampled_frames", "covered_frames", "coverage"]
     columns += [*(f"share_{c}" for c in class_names), *(f"mean_prob_{c}" for c in class_names)]
     columns += ["dominant_expression"]
     if not parts:
         return _typed_patients(pd.DataFrame(columns=columns), class_names)
     table = pd.DataFrame(list(parts))
-    sums = table.groupby(["patient_id", "period"], sort=True).sum(numeric_only=True)
+    keys = ["patient_id", "period"]
+    sums = table.groupby(keys, sort=True).sum(numeric_only=True)
+    # The period's first and last sample on the wall clock, across sessions: a span, pauses included.
+    for column, pick in (("start_time", "min"), ("end_time", "max")):
+        table[column] = pd.to_datetime(table.get(column), utc=True, format="ISO8601")
+        sums[column] = table.groupby(keys, sort=True)[column].agg(pick)
+    sums["span_s"] = (sums["end_time"] - sums["start_time"]).dt.total_seconds()
     sessions = table[table["sampled_frames"] > 0].groupby(["patient_id", "period"])["session_id"].nunique()
     out = sums.reset_index()
     out["sessions"] = [int(sessions.get(key, 0)) for key in zip(out["patient_id"], out["period"])]
@@ -308,6 +319,7 @@ def _typed_patients(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataF
     types: dict[str, Any] = {"patient_id": "string", "period": "string"}
     types |= {c: "int64" for c in ("sessions", "sampled_frames", "covered_frames")}
     types["dominant_expression"] = pd.CategoricalDtype(list(class_names))
+    types |= {"start_time": "datetime64[us, UTC]", "end_time": "datetime64[us, UTC]"}
     for column in frame.columns:
         frame[column] = frame[column].astype(types.get(column, "float64"))
     return frame.reset_index(drop=True)

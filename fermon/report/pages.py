@@ -162,7 +162,8 @@ def session_page(
     sid = str(row["session_id"])
     class_names = list(metadata.get("class_names") or [])
     facts = [
-        ("duration", duration(row["duration_s"])),
+        ("recorded", duration(row["duration_s"])),
+        ("first to last sample", duration(row.get("span_s", row["duration_s"]))),
         ("sampled frames", f"{row['sampled_frames']} at {number(row['sampling_fps'], 1)} per second"),
         ("coverage (target face)", percent(row["coverage"])),
         ("dominant expression", row.get("dominant_expression") or "–"),

@@ -132,7 +132,9 @@ def _probe_all(session: Session) -> tuple[list[tuple[int, VideoFile, VideoInfo, 
         try:
             info, starts = probe(video)
         except InputError as error:  # DataError included: empty, corrupt, no frames, missing
-            bad.append({"video": video.relative, "reason": str(error)})
+            bad.append(
+                {"video": video.relative, "reason": str(error), **({"detail": error.detail} if error.detail else {})}
+            )
             first_error = first_error or error
             continue
         good.append((number, video, info, starts))

@@ -129,6 +129,8 @@ class _Recorder:
             "faces": result.faces,
             "failed_videos": result.failed_videos,
         }
+        if result.error_detail:
+            details["error_detail"] = result.error_detail
         self.ledger.finish(
             result.session_id,
             result.status,

@@ -51,6 +51,7 @@ class SessionResult:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     videos: list[dict[str, Any]] = field(default_factory=list)
     failed_videos: list[dict[str, str]] = field(default_factory=list)  # a folder session's bad files
+    error_detail: str | None = None  # the raw text behind ``error`` (a decoder's), for the ledger only
 
 
 @dataclass
@@ -113,8 +114,9 @@ def process_session(
 
     started = time.perf_counter()
 
-    def failed(reason: str, kind: str) -> SessionResult:
-        return SessionResult(session.session_id, "failed", reason, kind, seconds=time.perf_counter() - started)
+    def failed(reason: str, kind: str, detail: str | None = None) -> SessionResult:
+        seconds = time.perf_counter() - started
+        return SessionResult(session.session_id, "failed", reason, kind, seconds=seconds, error_detail=detail)
 
     try:
         detector, classifier = cached_models(identity, options)
@@ -141,7 +143,7 @@ def process_session(
     except SessionStoppedError:
         raise
     except InputError as error:  # the file itself: unreadable, empty, corrupt
-        return failed(str(error), FAILED_INPUT)
+        return failed(str(error), FAILED_INPUT, error.detail)
     except FermonError as error:
         return failed(str(error), FAILED_RUN)
     except Exception as error:  # a bug or a library failure: fail this session, keep the run going

@@ -161,3 +161,26 @@ def test_sampling_keeps_the_last_frame_despite_float32_timestamps() -> None:
     long = (np.arange(2 * 3600 * 25) / 25).astype(np.float32)
     picked = sample_indices(long, 5.0)
     assert len(picked) == 2 * 3600 * 5 and np.all(np.diff(picked) == 5)
+
+
+def test_decoder_failures_read_in_plain_words_with_the_raw_text_kept(tmp_path: Path, media: Path) -> None:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    lavfi = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "lavfi", "-i"]
+    whole = tmp_path / "whole.mp4"  # the index (moov) at the end, as a camera writes it
+    subprocess.run([*lavfi, "testsrc=duration=2:size=160x120:rate=10", str(whole)], check=True)
+    (tmp_path / "cut.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    sound = tmp_path / "sound.m4a"
+    subprocess.run([*lavfi, "sine=duration=1", str(sound)], check=True)
+    cases = {
+        tmp_path / "cut.mp4": "truncated or unfinished recording (no index)",
+        sound: "no video stream (sound only?)",
+        media / "bad" / "corrupt.mp4": "not a video file",
+    }
+    for path, plain in cases.items():
+        with pytest.raises(DataError) as caught:
+            open_reader(VideoFile(path, path.name))
+        assert str(caught.value) == f"{path.name}: not a readable video: {plain}"
+        assert caught.value.detail and str(path.parent) not in caught.value.detail  # the decoder's words, no path

@@ -107,3 +107,35 @@ def test_creation_time_of_an_object_in_a_bucket(tmp_path: Path, monkeypatch: pyt
             fs.pipe_file(f"fermon-clock/c{suffix}", clip.read_bytes())
             assert creation_time(f"s3://fermon-clock/c{suffix}") == datetime(2026, 3, 29, 0, 59, 58, tzinfo=UTC)
         assert creation_time("s3://fermon-clock/missing.mp4") is None
+
+
+def test_a_pause_between_chunks_is_in_the_span_not_in_the_recorded_seconds(
+    tmp_path: Path, astronaut: np.ndarray, options: ProcessOptions
+) -> None:
+    """Two 2-s chunks 29 minutes apart: 4 s recorded, a span of 29 min 2 s, and the session ends at its
+    last sample, in summary.parquet, in fermon.summarize, in patients.parquet and on the page."""
+    import fermon
+    from fermon.report.build import build_reports
+    from fermon.report.clinical import ClinicalOptions
+
+    face = astronaut_face(astronaut)
+    bed = tmp_path / "in" / "bed4"
+    write_video(bed / "a.mp4", moving_face_frames(face, 2, 10), creation_time="2026-03-29T20:00:00Z")
+    write_video(bed / "b.mp4", moving_face_frames(face, 2, 10), creation_time="2026-03-29T20:29:00Z")
+    manifest = tmp_path / "study.csv"
+    manifest.write_text("video,patient_id,session_id,start\nbed4/*.mp4,P4,bed4,\n")
+    out = tmp_path / "out"
+    run_process([tmp_path / "in"], out, ProcessOptions(**{**options.__dict__, "manifest": str(manifest)}))
+    build_reports(out, clinical=ClinicalOptions(timezone="UTC"))
+    for summary in (pd.read_parquet(out / "summary.parquet"), fermon.summarize(fermon.read_timelines(out))):
+        row = summary.iloc[0]
+        assert row["duration_s"] == pytest.approx(4.0, abs=0.15)  # the seconds recorded, as before
+        assert row["span_s"] == pytest.approx(29 * 60 + 1.8, abs=0.15)  # first to last sample
+        assert row["start_time"] == pd.Timestamp("2026-03-29T20:00:00Z")
+        assert abs(row["end_time"] - pd.Timestamp("2026-03-29T20:29:01.800Z")) < pd.Timedelta("1ms")
+    patients = pd.read_parquet(out / "patients.parquet").set_index("period")
+    assert patients.loc["day", "span_s"] == pytest.approx(29 * 60 + 1.8, abs=0.15)  # 20:00 UTC is day
+    assert abs(patients.loc["day", "end_time"] - pd.Timestamp("2026-03-29T20:29:01.800Z")) < pd.Timedelta("1ms")
+    assert pd.isna(patients.loc["night", "span_s"])  # no night samples: no span, not zero
+    page = (out / "reports" / "sessions" / "bed4.html").read_text()
+    assert "recording end</th><td>2026-03-29 20:29:01" in page and "first to last sample" in page

@@ -535,3 +535,9 @@ def test_quiet_and_without_a_terminal_every_failed_chunk_is_named_and_counted(
         failed = [line for line in lines if line.startswith("fermon: failed:")]
         assert len(failed) == 2 and any("b.mp4" in f for f in failed) and any("c.mp4" in f for f in failed), lines
         assert lines[-1].startswith("1 done, 0 up to date, 0 failed (and 2 failed video(s) in done sessions)")
+    # Plain words on the terminal; the decoder's own words kept in the ledger.
+    assert any("b.mp4: not a readable video: not a video file" in line for line in failed)
+    with Ledger(tmp_path / "out", read_only=True) as ledger:
+        (row,) = ledger.all()
+    chunks = {v["video"]: v for v in json.loads(row["details"])["failed_videos"]}
+    assert "Error reading" in chunks["bed-3/b.mp4"]["detail"] and "detail" not in chunks["bed-3/c.mp4"]
