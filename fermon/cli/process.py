@@ -119,6 +119,8 @@ def _failure_reasons(event: dict[str, Any]) -> list[str]:
 def last_line(summary: RunSummary) -> str:
     """The run's closing line: what was done, and every failure counted, chunks of done sessions too."""
     known = f", {len(summary.known_bad)} known bad (not retried)" if summary.known_bad else ""
+    if summary.retired:
+        known += f", {len(summary.retired)} retired (their videos are in other sessions now)"
     chunks = len(summary.failed_videos)
     within = f" (and {chunks} failed video(s) in done sessions)" if chunks else ""
     return (

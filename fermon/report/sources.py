@@ -25,6 +25,8 @@ def read_failures(out_dir: Path) -> list[dict[str, Any]]:
         finished, started, details = row["finished_at"], row["started_at"], row["details"]
         when = finished or started
         stamp = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d %H:%M") if when else ""
+        if status == "retired":  # its videos belong to other sessions now: nothing failed
+            continue
         if status == "done":
             for video in json.loads(details or "{}").get("failed_videos", []):
                 failures.append(

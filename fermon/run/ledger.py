@@ -125,6 +125,11 @@ class Ledger:
             and storage.is_file(storage.join(out_dir, entry.output))
         )
 
+    def has_failed_chunks(self, session_id: str) -> bool:
+        """Whether a session was done without some of its videos (a folder session's bad chunks)."""
+        row = self.db.execute("SELECT details FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+        return bool(row and row[0] and json.loads(row[0]).get("failed_videos"))
+
     def start(self, session_id: str, videos: list[str], input_fp: str, config_fp: str) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO sessions (session_id, videos, input_fingerprint, config_fingerprint, status,"
@@ -148,6 +153,15 @@ class Ledger:
             "UPDATE sessions SET status=?, error=?, output=?, rows=?, finished_at=?, seconds=?, details=?,"
             " failure_kind=? WHERE session_id=?",
             (status, error, output, rows, time.time(), seconds, json.dumps(details or {}), failure_kind, session_id),
+        )
+        self.db.commit()
+
+    def retire(self, session_id: str, output: str | None, mapped_to: list[str]) -> None:
+        """A session no input maps to any more: kept, with where its timeline went and why."""
+        details = {"retired_at": time.time(), "videos_now_in": mapped_to}
+        self.db.execute(
+            "UPDATE sessions SET status='retired', output=?, details=? WHERE session_id=?",
+            (output, json.dumps(details), session_id),
         )
         self.db.commit()
 

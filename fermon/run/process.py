@@ -23,6 +23,7 @@ from fermon.inputs.manifest import inputs_from_manifest
 from fermon.inputs.sessions import Session, VideoFile
 from fermon.run.ledger import FolderLock, Ledger, file_fingerprint, json_fingerprint
 from fermon.run.options import ModelIdentity, ProcessOptions, resolve_models
+from fermon.run.retire import retire_stale_sessions
 from fermon.run.runners import ClusterChoice, DaskRun, gpu_resources, run_in_process
 from fermon.run.session import FAILED_INPUT, STOP, SessionResult, process_session
 from fermon.run.timeline import remove_stale_temporaries
@@ -43,6 +44,7 @@ class RunSummary:
     up_to_date: list[str] = field(default_factory=list)
     not_videos: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # archive members not read, one-line reasons
+    retired: list[str] = field(default_factory=list)  # sessions whose videos now belong to others
 
     @property
     def failed_videos(self) -> list[dict[str, str]]:
@@ -75,6 +77,10 @@ def _input_fingerprint(session: Session) -> tuple[str, str | None]:
         return f"unreadable-{json_fingerprint(stats)}", f"{session.videos[0].relative}: unreadable ({reason})"
 
 
+def _content_fingerprint(session: Session) -> str:
+    return _input_fingerprint(session)[0]
+
+
 def _clinical_fingerprint(session: Session) -> list:
     """What a manifest says of a session (patient, starts), so that changing it reprocesses the
     session; empty without a manifest, so that older ledgers' fingerprints still hold."""
@@ -97,7 +103,8 @@ def _plan(
     for session in sessions:
         input_fp, unreadable = _input_fingerprint(session)
         entry = ledger.get(session.session_id)
-        if not force and ledger.is_done(session.session_id, input_fp, config_fp, out_dir):
+        retry_chunks = retry and ledger.has_failed_chunks(session.session_id)  # a folder's bad chunk, retried
+        if not force and not retry_chunks and ledger.is_done(session.session_id, input_fp, config_fp, out_dir):
             planned.up_to_date.append(session.session_id)
         elif (
             not (force or retry)
@@ -245,6 +252,9 @@ def run_process(
         remove_scratch(state)  # archive members a killed run had extracted
         ledger = Ledger(state)
         try:
+            summary.retired = retire_stale_sessions(found.sessions, ledger, out, _content_fingerprint)
+            for session_id in summary.retired:
+                emit({"event": "session_retired", "session_id": session_id})
             planned = _plan(found.sessions, ledger, out, config_fp, force, retry_failed)
             choice = ClusterChoice(workers, scheduler, scheduler_file)
             run = _Run(out, config_fp, options, identity, choice)
@@ -259,6 +269,7 @@ def run_process(
             "failed_videos": len(summary.failed_videos),
             "known_bad": len(summary.known_bad),
             "up_to_date": len(summary.up_to_date),
+            "retired": len(summary.retired),
         }
     )
     return summary

@@ -148,6 +148,11 @@ def assert_one_person_a_track(faces: pd.DataFrame) -> None:
     assert (faces.groupby("track_id")["who"].nunique() == 1).all(), per_track
 
 
+def assert_target_shares(faces: pd.DataFrame, patient_at_least: float, visitor_at_most: float) -> None:
+    got = shares(faces)
+    assert got["patient"] >= patient_at_least and got["visitor"] <= visitor_at_most, got
+
+
 def shares(faces: pd.DataFrame) -> dict[str, float]:
     """Per person: the share of their detected faces marked target."""
     return {name: float(group["is_target"].mean()) for name, group in faces.groupby("who")}
@@ -190,8 +195,7 @@ def test_a_nurse_leaning_over_the_patient(tmp_path: Path, heads, options) -> Non
 
     clip = render(20, where, heads)
     faces, _ = process(tmp_path, {"nurse.mp4": clip}, options)
-    got = shares(faces)
-    assert got["patient"] >= 0.95 and got["visitor"] <= 0.05, got
+    assert_target_shares(faces, patient_at_least=0.95, visitor_at_most=0.05)
     assert_one_person_a_track(faces)
 
 
@@ -207,8 +211,7 @@ def test_side_by_side_then_swapped(tmp_path: Path, heads, options) -> None:
 
     clip = render(24, where, heads)
     faces, _ = process(tmp_path, {"swap.mp4": clip}, options)
-    got = shares(faces)
-    assert got["patient"] >= 0.90 and got["visitor"] <= 0.10, got
+    assert_target_shares(faces, patient_at_least=0.90, visitor_at_most=0.10)
     assert_one_person_a_track(faces)
 
 

@@ -24,9 +24,12 @@ def test_no_track_runs_across_a_decode_gap(tmp_path: Path, astronaut: np.ndarray
     path = tmp_path / "out" / "timelines" / "holed.parquet"
     footer = read_metadata(path)
     (gap,) = footer["decode_gaps"]
-    assert footer["identity"]["track_ends"]["decode_gap"] >= 1
     faces = pd.read_parquet(path).query("face_detected")
     spans = faces.groupby("track_id")["timestamp_s"].agg(["min", "max"])
     assert len(spans) >= 2
     # Every track lies wholly before the hole or wholly after it.
     assert ((spans["max"] < gap["start_s"]) | (spans["min"] > gap["end_s"])).all(), (spans, gap)
+    # A face seen in the last sample before the hole: its track was ended by the hole, and counted so.
+    # (How much of the damaged stretch still decodes, as frames without a face, varies with the build.)
+    if faces["timestamp_s"][faces["timestamp_s"] < gap["start_s"]].max() >= gap["start_s"] - 0.25:
+        assert footer["identity"]["track_ends"]["decode_gap"] >= 1

@@ -517,17 +517,23 @@ def test_device_cuda_without_a_gpu_is_a_usage_error_before_any_session(tmp_path:
     assert not (tmp_path / "out" / "fermon-ledger.sqlite").exists()  # no session was recorded as failed
 
 
+def _folder_session_args(tmp_path: Path, clips: Path, name: str, chunks: dict[str, str], checkpoint: Path) -> list[str]:
+    """A folder session of copies of the shared clips (chunk name -> clip), and the CLI arguments
+    that process it with --session-by folder and no report."""
+    folder = tmp_path / "in" / name
+    folder.mkdir(parents=True)
+    for chunk, clip in chunks.items():
+        shutil.copy(clips / clip, folder / chunk)
+    args = ["process", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--session-by", "folder"]
+    return [*args, "--checkpoint", str(checkpoint), "--detector", "centerface", "--no-report"]
+
+
 def test_quiet_and_without_a_terminal_every_failed_chunk_is_named_and_counted(
     tmp_path: Path, clips: Path, untrained_checkpoint: Path
 ) -> None:
     """As cron runs it: a folder session with one good chunk and two broken ones."""
-    folder = tmp_path / "in" / "bed-3"
-    folder.mkdir(parents=True)
-    shutil.copy(clips / "face.mp4", folder / "a.mp4")
-    shutil.copy(clips / "bad" / "corrupt.mp4", folder / "b.mp4")
-    shutil.copy(clips / "bad" / "empty.mp4", folder / "c.mp4")
-    base = ["process", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--session-by", "folder"]
-    base += ["--checkpoint", str(untrained_checkpoint), "--detector", "centerface", "--no-report"]
+    chunks = {"a.mp4": "face.mp4", "b.mp4": "bad/corrupt.mp4", "c.mp4": "bad/empty.mp4"}
+    base = _folder_session_args(tmp_path, clips, "bed-3", chunks, untrained_checkpoint)
     for extra in (["--quiet"], []):
         result = CliRunner().invoke(app, [*base, *extra, "--force"])
         assert result.exit_code == 65, result.output
@@ -541,3 +547,16 @@ def test_quiet_and_without_a_terminal_every_failed_chunk_is_named_and_counted(
         (row,) = ledger.all()
     chunks = {v["video"]: v for v in json.loads(row["details"])["failed_videos"]}
     assert "Error reading" in chunks["bed-3/b.mp4"]["detail"] and "detail" not in chunks["bed-3/c.mp4"]
+
+
+def test_retry_failed_retries_a_folder_sessions_failed_chunks(
+    tmp_path: Path, clips: Path, untrained_checkpoint: Path
+) -> None:
+    chunks = {"a.mp4": "face.mp4", "b.mp4": "bad/corrupt.mp4"}
+    args = [*_folder_session_args(tmp_path, clips, "bed-5", chunks, untrained_checkpoint), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 65
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output == ""  # up to date: the bad chunk is not retried every night
+    retried = CliRunner().invoke(app, [*args, "--retry-failed"])  # asked to: the session runs again
+    assert retried.exit_code == 65 and "fermon: failed: bed-5/b.mp4" in retried.output, retried.output
+    assert "1 done" in retried.output.strip().splitlines()[-1]
