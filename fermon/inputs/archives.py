@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from fermon.errors import DataError
-from fermon.inputs.sessions import VIDEO_SUFFIXES, Session, VideoFile
+from fermon.inputs.sessions import VIDEO_SUFFIXES, Refusal, Session, VideoFile
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 SCRATCH_DIR = ".fermon-tmp"
@@ -46,7 +46,7 @@ class Listing:
 
     videos: list[VideoFile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)  # one-line reasons
+    refused: list[Refusal] = field(default_factory=list)  # one-line reasons, with their archive
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,11 @@ def list_archive(path: Path, relative: str) -> Listing:
     try:
         members = _zip_members(path) if path.name.lower().endswith(".zip") else _tar_members(path)
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError) as error:
-        listing.refused.append(f"{relative}: refused: not a readable archive ({type(error).__name__})")
+        reason = f"{relative}: refused: not a readable archive ({type(error).__name__})"
+        listing.refused.append(Refusal(reason, path, relative))
         return listing
     if len(members) > MAX_MEMBERS:
-        listing.refused.append(f"{relative}: refused: more than {MAX_MEMBERS} members")
+        listing.refused.append(Refusal(f"{relative}: refused: more than {MAX_MEMBERS} members", path, relative))
         return listing
     archive_ratio = None
     if not path.name.lower().endswith(".zip"):  # a compressed tar has one stream: judge it whole
@@ -133,7 +134,7 @@ def list_archive(path: Path, relative: str) -> Listing:
         shown = f"{relative}/{member.name.lstrip('/')}"
         reason = _refusal(member, shown, archive_ratio)
         if reason:
-            listing.refused.append(reason)
+            listing.refused.append(Refusal(reason, path, shown))
         elif PurePosixPath(member.name).suffix.lower() in VIDEO_SUFFIXES:
             name = _safe_name(member.name)
             listing.videos.append(VideoFile(path, f"{relative}/{name}", member=member.name))

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from fermon.errors import InputError, UsageError
 from fermon.inputs import storage
 from fermon.inputs.archives import is_archive, list_archive
-from fermon.inputs.sessions import VIDEO_SUFFIXES, Inputs, Session, VideoFile
+from fermon.inputs.sessions import VIDEO_SUFFIXES, Inputs, Refusal, Session, VideoFile
 
 
 def looks_like_video(path: Path | str) -> bool:
@@ -69,7 +69,7 @@ def find_inputs(paths: list[Path], session_by: str = "file") -> Inputs:
         raise UsageError(f"--session-by must be 'file' or 'folder', not {session_by!r}")
     videos: list[VideoFile] = []
     skipped: list[str] = []
-    refused: list[str] = []
+    refused: list[Refusal] = []
     for given in paths:
         if storage.is_url(given):
             _find_under_url(str(given), videos, skipped)

@@ -36,4 +36,21 @@ class Session:
 class Inputs:
     sessions: list[Session]
     skipped: list[str] = field(default_factory=list)  # relative paths of files that are not videos
-    refused: list[str] = field(default_factory=list)  # archive members not read, each a one-line reason
+    refused: list[Refusal] = field(default_factory=list)  # archive members not read, each a one-line reason
+
+
+class Refusal(str):
+    """An archive member fermon will not read (a name that leaves the archive, a link, a bomb), as
+    its one-line reason; ``archive`` is the file it is in and ``member`` the member as shown (relative
+    to the input root), so that the refusal is recorded as a failed input of that archive."""
+
+    archive: Path
+    member: str
+
+    def __new__(cls, reason: str, archive: Path, member: str) -> Refusal:
+        refusal = super().__new__(cls, reason)
+        refusal.archive, refusal.member = archive, member
+        return refusal
+
+    def __getnewargs__(self) -> tuple[str, Path, str]:  # type: ignore[override]
+        return str(self), self.archive, self.member

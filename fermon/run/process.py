@@ -20,12 +20,13 @@ from fermon.inputs import storage
 from fermon.inputs.archives import SCRATCH_DIR, remove_scratch
 from fermon.inputs.discover import find_inputs
 from fermon.inputs.manifest import inputs_from_manifest
-from fermon.inputs.sessions import Session, VideoFile
-from fermon.run.ledger import FolderLock, Ledger, file_fingerprint, json_fingerprint
+from fermon.inputs.sessions import VideoFile
+from fermon.run.ledger import FolderLock, Ledger, json_fingerprint
 from fermon.run.options import ModelIdentity, ProcessOptions, resolve_models
+from fermon.run.plan import Planned, content_fingerprint, plan, plan_refusals
 from fermon.run.retire import retire_stale_sessions
 from fermon.run.runners import ClusterChoice, DaskRun, gpu_resources, run_in_process
-from fermon.run.session import FAILED_INPUT, STOP, SessionResult, process_session
+from fermon.run.session import STOP, SessionResult, process_session
 from fermon.run.timeline import remove_stale_temporaries
 from fermon.video import quick_duration
 
@@ -50,75 +51,6 @@ class RunSummary:
     def failed_videos(self) -> list[dict[str, str]]:
         """Bad files inside sessions that were still done (a folder session's corrupt chunk)."""
         return [video for result in self.done for video in result.failed_videos]
-
-
-@dataclass
-class _Planned:
-    todo: list[tuple[Session, str]] = field(default_factory=list)  # with their input fingerprints
-    up_to_date: list[str] = field(default_factory=list)
-    known_bad: list[str] = field(default_factory=list)
-    unreadable: list[tuple[SessionResult, str]] = field(default_factory=list)
-
-
-def _input_fingerprint(session: Session) -> tuple[str, str | None]:
-    """The fingerprint of a session's videos, and the reason when one cannot be read.
-
-    An unreadable file is fingerprinted by what stat says of it, so that an unchanged one is known
-    to be bad on the next night and a changed one (new permissions, new content) is retried."""
-    try:
-        files = [[v.relative, file_fingerprint(v.path)] for v in session.videos]
-        return json_fingerprint(files + _clinical_fingerprint(session)), None
-    except OSError as error:
-        try:
-            stats = [[v.relative, *_size_and_mtime(v.path)] for v in session.videos]
-        except OSError:
-            stats = []
-        reason = error.strerror or error
-        return f"unreadable-{json_fingerprint(stats)}", f"{session.videos[0].relative}: unreadable ({reason})"
-
-
-def _content_fingerprint(session: Session) -> str:
-    return _input_fingerprint(session)[0]
-
-
-def _clinical_fingerprint(session: Session) -> list:
-    """What a manifest says of a session (patient, starts), so that changing it reprocesses the
-    session; empty without a manifest, so that older ledgers' fingerprints still hold."""
-    if session.patient_id is None and not session.starts:
-        return []
-    starts = {name: start.isoformat() for name, start in sorted(session.starts.items())}
-    return [["manifest", session.patient_id, starts]]
-
-
-def _size_and_mtime(path: Path | str) -> list[int]:
-    if storage.is_url(path):
-        return [storage.size_of(path)]
-    return [path.stat().st_size, path.stat().st_mtime_ns]
-
-
-def _plan(
-    sessions: list[Session], ledger: Ledger, out_dir: Path | str, config_fp: str, force: bool, retry: bool
-) -> _Planned:
-    planned = _Planned()
-    for session in sessions:
-        input_fp, unreadable = _input_fingerprint(session)
-        entry = ledger.get(session.session_id)
-        retry_chunks = retry and ledger.has_failed_chunks(session.session_id)  # a folder's bad chunk, retried
-        if not force and not retry_chunks and ledger.is_done(session.session_id, input_fp, config_fp, out_dir):
-            planned.up_to_date.append(session.session_id)
-        elif (
-            not (force or retry)
-            and entry is not None
-            and entry.status == "failed"
-            and entry.failure_kind == FAILED_INPUT
-            and entry.input_fingerprint == input_fp
-        ):
-            planned.known_bad.append(session.session_id)
-        elif unreadable:
-            planned.unreadable.append((SessionResult(session.session_id, "failed", unreadable, FAILED_INPUT), input_fp))
-        else:
-            planned.todo.append((session, input_fp))
-    return planned
 
 
 class _Recorder:
@@ -235,8 +167,6 @@ def run_process(
             emit({"event": "warning", "message": message})
         if not found.sessions:  # a study whose manifest names none of the videos: nothing would be done
             raise InputError(f"{Path(options.manifest).name}: no row matches a video under the inputs")
-    for message in found.refused:
-        emit({"event": "warning", "message": message})
     scratch = str(state.resolve() / SCRATCH_DIR)  # on the client's disk, also for an output URL
     found.sessions = [replace(s, scratch=scratch) if any(v.member for v in s.videos) else s for s in found.sessions]
     summary = RunSummary(not_videos=found.skipped, refused=found.refused)
@@ -252,10 +182,13 @@ def run_process(
         remove_scratch(state)  # archive members a killed run had extracted
         ledger = Ledger(state)
         try:
-            summary.retired = retire_stale_sessions(found.sessions, ledger, out, _content_fingerprint)
+            summary.retired = retire_stale_sessions(found.sessions, ledger, out, content_fingerprint)
             for session_id in summary.retired:
                 emit({"event": "session_retired", "session_id": session_id})
-            planned = _plan(found.sessions, ledger, out, config_fp, force, retry_failed)
+            planned = plan(found.sessions, ledger, out, config_fp, force, retry_failed)
+            refused = plan_refusals(found.refused, ledger, config_fp, force, retry_failed)
+            planned.known_bad += refused.known_bad
+            planned.unreadable += refused.unreadable
             choice = ClusterChoice(workers, scheduler, scheduler_file)
             run = _Run(out, config_fp, options, identity, choice)
             _run_planned(planned, len(found.sessions), ledger, run, summary, emit)
@@ -297,7 +230,7 @@ class _Run:
 
 
 def _run_planned(
-    planned: _Planned, sessions: int, ledger: Ledger, run: _Run, summary: RunSummary, emit: EventSink
+    planned: Planned, sessions: int, ledger: Ledger, run: _Run, summary: RunSummary, emit: EventSink
 ) -> None:
     todo = [session for session, _ in planned.todo]
     # On a cluster, every worker is checked before anything is recorded or started.
@@ -309,7 +242,7 @@ def _run_planned(
 
 
 def _record_and_run(
-    planned: _Planned,
+    planned: Planned,
     sessions: int,
     ledger: Ledger,
     run: _Run,

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from fermon.inputs.archives import MAX_RATIO, SCRATCH_DIR, extracted, list_archive
-from fermon.inputs.discover import find_inputs
+from fermon.inputs.discover import find_inputs, session_id_for
+from fermon.report.build import build_reports
+from fermon.run.ledger import Ledger
 from fermon.run.process import ProcessOptions, run_process
 from tests.videos import astronaut_face, moving_face_frames, write_video
 
@@ -126,7 +128,10 @@ def test_a_run_reads_archives_and_leaves_nothing_behind(tmp_path: Path, clip: by
     summary = run_process([tmp_path / "in"], out, options, on_event=events.append)
     assert sorted(r.session_id for r in summary.done) == ["p02.tar.gz__p02", "study.zip__ward__p01"]
     assert summary.refused == ["study.zip/../evil.mp4: refused: its name leaves the archive"]
-    assert {"event": "warning", "message": summary.refused[0]} in events
+    # A refused member is a failed input, named and counted, not a warning.
+    (refused,) = summary.failed
+    assert refused.error == summary.refused[0] and refused.failure_kind == "input"
+    assert any(e["event"] == "session_failed" and e["error"] == summary.refused[0] for e in events)
     frame = pd.read_parquet(out / "timelines")
     assert set(frame["video"]) == {"study.zip/ward/p01.mp4", "p02.tar.gz/p02.mp4"}
     assert frame["face_detected"].any()
@@ -134,3 +139,10 @@ def test_a_run_reads_archives_and_leaves_nothing_behind(tmp_path: Path, clip: by
     assert not (tmp_path / "evil.mp4").exists() and not (tmp_path / "in" / "evil.mp4").exists()
     again = run_process([tmp_path / "in"], out, options)
     assert len(again.up_to_date) == 2  # the archive's fingerprint stands for its members
+    evil = session_id_for("study.zip/../evil.mp4")
+    assert again.known_bad == [evil] and not again.failed  # refused once, known bad since
+    with Ledger(out, read_only=True) as ledger:
+        rows = {row["session_id"]: row for row in ledger.all()}
+    assert rows[evil]["error"] == summary.refused[0]
+    build_reports(out)
+    assert "study.zip/../evil.mp4: refused" in (out / "reports" / "index.html").read_text()  # on the cohort page

@@ -450,6 +450,9 @@ def test_known_bad_file_second_night_exits_0_and_quiet_is_quiet(
     assert second.returncode == 0, second.stderr
     assert "2 known bad (not retried)" in second.stderr and "ERROR opening" not in second.stderr
     assert _cli("process", str(clips), *common, "--retry-failed", "--quiet").returncode == 65
+    # Under other options (another sampling rate) the verdict is not kept: the bad files are tried again.
+    other = _cli("process", str(clips), *common, "--fps", "2", "--quiet")
+    assert other.returncode == 65 and other.stderr.count("fermon: failed: bad/") == 2, other.stderr
 
 
 def _listening_ports(pid: int) -> set[int]:
