@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +17,27 @@ from fermon.people.linking import DISTANCE_THRESHOLD, PersonLinks
 REFERENCE_MAX_SIDE = 1280  # photos are shrunk to this before detection: enough for a face, fast
 
 
-def nearest_person(reference: np.ndarray, links: PersonLinks, threshold: float = DISTANCE_THRESHOLD):
+def nearest_person(
+    reference: np.ndarray,
+    links: PersonLinks,
+    chips: Mapping[int, np.ndarray] | None = None,
+    threshold: float = DISTANCE_THRESHOLD,
+):
     """The person nearest ``reference``, and that distance; None beyond ``threshold``.
 
     A person's distance is the smaller of its mean descriptor's and the median of its three nearest
-    track descriptors': a photo taken in other light or pose may match some of the patient's tracks
-    (the ones like it) better than their mean, while one lookalike track alone does not decide."""
+    individual chips' (``chips``: person -> (k, 128); the person's track descriptors without them): a
+    photo taken in other light or pose may match some of the patient's faces (the ones like it)
+    better than their mean, while one lookalike chip alone does not decide."""
     if not links.centroids:
         return None, None
     persons = list(links.centroids)
     distances = []
     for person in persons:
         to_mean = float(np.linalg.norm(links.centroids[person] - reference))
-        chips = links.exemplars.get(person)
-        nearest = np.sort(np.linalg.norm(chips - reference[None], axis=1))[:3] if chips is not None else []
+        own = (chips or {}).get(person)
+        own = own if own is not None and len(own) else links.exemplars.get(person)
+        nearest = np.sort(np.linalg.norm(own - reference[None], axis=1))[:3] if own is not None else []
         distances.append(min(to_mean, float(np.median(nearest))) if len(nearest) else to_mean)
     best = int(np.argmin(distances))
     distance = distances[best]

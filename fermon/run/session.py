@@ -22,6 +22,7 @@ from fermon.errors import FermonError, InputError
 from fermon.faces.track import choose_targets
 from fermon.inputs.clock import footer_clock
 from fermon.inputs.sessions import Session
+from fermon.people.appearance import TrackLook
 from fermon.run.loop import STOP, FaceRows, ProgressSink, SessionStoppedError, detect_session
 from fermon.run.models import cached_embedder, cached_models, cached_reference
 from fermon.run.options import ModelIdentity, ProcessOptions
@@ -84,7 +85,7 @@ def _persons(rows: FaceRows, options: ProcessOptions, frame_size: tuple[int, int
         by_position,
     )
     if reference is not None:
-        person, distance = nearest_person(reference, links)
+        person, distance = nearest_person(reference, links, person_chips(looks, links.person_of_track))
         targets = set() if person is None else {person}
         rounded = None if distance is None else round(distance, 3)
         footer["reference"] = {"matched": person is not None, "distance": rounded}
@@ -92,6 +93,17 @@ def _persons(rows: FaceRows, options: ProcessOptions, frame_size: tuple[int, int
         all_boxes = np.concatenate(rows.boxes) if rows.boxes else np.zeros((0, 4), np.float32)
         targets = choose_targets(person_ids, all_boxes, options.target, frame_size)
     return _Persons(track_ids, person_ids, np.isin(person_ids, list(targets)), footer)
+
+
+def person_chips(
+    looks: dict[int, TrackLook], person_of_track: dict[int, int], most: int = 256
+) -> dict[int, np.ndarray]:
+    """Each person's individual chip descriptors (at most ``most``, spread over the session), for
+    matching a reference photo against the faces themselves, not only their mean."""
+    chips: dict[int, list[np.ndarray]] = {}
+    for track, look in looks.items():
+        chips.setdefault(person_of_track[track], []).extend(look.chips)
+    return {person: np.asarray(found[:: max(1, len(found) // most)][:most]) for person, found in chips.items()}
 
 
 def _sample_facts(rows: FaceRows) -> dict[str, int]:
