@@ -23,12 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from fermon.faces.track import Proposal
 from fermon.people.chips import face_chips, face_quality
+
+if TYPE_CHECKING:
+    from fermon.people.embedder import FaceEmbedder
 
 # One chip against a track's mean: a face further than this is someone else. One person's chips across
 # photos taken years apart are at most 0.52 apart, a mirrored or darker copy 0.26; two strangers' at
@@ -100,7 +104,7 @@ class TrackAppearance:
     """Per-track appearance for a session's loop: :meth:`look` before the tracker commits a sample,
     :meth:`record` after; :meth:`end` for tracks that ended; :meth:`finish` at the end."""
 
-    def __init__(self, embedder) -> None:
+    def __init__(self, embedder: FaceEmbedder | None) -> None:
         self.embedder = embedder
         self.live: dict[int, TrackLook] = {}
         self.finished: dict[int, TrackLook] = {}
