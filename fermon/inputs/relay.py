@@ -28,6 +28,7 @@ class RelayedSource:
 
     def __init__(self, relay: _Relay, token: str, url: str) -> None:
         self.url, self.token, self.fetched = url, token, 0
+        self.error: str | None = None  # the store's last failure while serving, if any
         self._finalizer = weakref.finalize(self, relay.release, token)
 
     def close(self) -> None:
@@ -99,7 +100,13 @@ def _relay_handler(relay: _Relay) -> type:
         def _copy(self, location: Location, start: int, end: int, source: Any) -> None:
             fs, path = filesystem(str(location))
             for offset in range(start, end, RELAY_PIECE):
-                data = fs.cat_file(path, start=offset, end=min(offset + RELAY_PIECE, end))
+                try:
+                    data = fs.cat_file(path, start=offset, end=min(offset + RELAY_PIECE, end))
+                except Exception as error:  # the store failed (a timeout, a 5xx, the object gone)
+                    if (alive := source()) is not None:
+                        alive.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+                    self.close_connection = True  # the decoder sees a short read; no traceback here
+                    return
                 if (alive := source()) is not None:
                     alive.fetched += len(data)
                 try:
