@@ -17,16 +17,13 @@ Images are RGB uint8 (H, W, 3); landmarks are left eye, right eye, nose, left an
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Protocol
-
-import numpy as np
 
 from fermon.errors import ModelError
 from fermon.faces.centerface import CenterFaceDetector, bundled_centerface
 from fermon.faces.geometry import DEFAULT_MIN_FACE, SEEN_FACE_PX, Detections, detector_scale, merge, nms
 from fermon.faces.parallel import Frames, available_cores, detect_in_parallel
+from fermon.faces.protocol import FaceDetector
 from fermon.faces.regions import (
     MAX_TRACKED_FACES,
     REGION_INPUT,
@@ -37,39 +34,6 @@ from fermon.faces.regions import (
 )
 from fermon.faces.runtime import DEFAULT_THRESHOLD, file_sha256
 from fermon.faces.scrfd import DEFAULT_MODEL_DIR, ScrfdDetector, find_scrfd
-
-
-class FaceDetector(Protocol):
-    """A face detector: RGB images in; boxes, scores and five landmarks per face out.
-
-    Classes are built as ``cls(model_path=..., threshold=..., min_face=..., threads=..., device=...)``
-    (see :func:`create_detector`) and know where their own weights are.
-    """
-
-    name: ClassVar[str]
-    # True when detect_regions searches only around given boxes (fermon.faces.regions then uses it
-    # between whole-frame searches); false: every frame is searched whole and detect_regions is never called.
-    supports_regions: ClassVar[bool]
-    weights_sha256: str
-
-    @classmethod
-    def find_weights(cls, model_dir: str | os.PathLike[str] | None = None) -> Path | None:
-        """The weights ``auto`` would use from ``model_dir`` (None: the detector's default place), or None."""
-        ...
-
-    @classmethod
-    def resolve_weights(cls, model_path: str | os.PathLike[str] | None = None) -> Path:
-        """The weights file when the detector is asked for by name; raises ModelError when there is none."""
-        ...
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Faces in each of several RGB images (all of one size, as video frames are)."""
-        ...
-
-    def detect_regions(self, image: np.ndarray, boxes: np.ndarray) -> Detections:
-        """Faces in square regions of one image around ``boxes``, in image coordinates (if supports_regions)."""
-        ...
-
 
 # In preference order: ``auto`` takes the first whose weights are found.
 DETECTORS: dict[str, type[FaceDetector]] = {detector.name: detector for detector in (ScrfdDetector, CenterFaceDetector)}

@@ -14,7 +14,7 @@ import numpy as np
 from fermon.faces.geometry import Detections
 
 if TYPE_CHECKING:
-    from fermon.faces.detector import FaceDetector
+    from fermon.faces.protocol import FaceDetector
 
 # Between whole-frame detections a face is looked for only in a square around where it was: the
 # square spans REGION_SPAN face sizes (room to move about a face width each way) and reaches the

@@ -9,7 +9,7 @@ from pathlib import Path
 from fermon.inputs import storage
 from fermon.inputs.discover import session_id_for
 from fermon.inputs.sessions import Refusal, Session
-from fermon.run.ledger import Ledger, file_fingerprint, json_fingerprint
+from fermon.run.ledger import Ledger, LedgerEntry, file_fingerprint, json_fingerprint
 from fermon.run.session import FAILED_INPUT, SessionResult
 
 
@@ -63,24 +63,28 @@ def plan(
     planned = Planned()
     for session in sessions:
         input_fp, unreadable = input_fingerprint(session)
-        entry = ledger.get(session.session_id)
         retry_chunks = retry and ledger.has_failed_chunks(session.session_id)  # a folder's bad chunk, retried
         if not force and not retry_chunks and ledger.is_done(session.session_id, input_fp, config_fp, out_dir):
             planned.up_to_date.append(session.session_id)
-        elif (
-            not (force or retry)
-            and entry is not None
-            and entry.status == "failed"
-            and entry.failure_kind == FAILED_INPUT
-            and entry.input_fingerprint == input_fp
-            and entry.config_fingerprint == config_fp  # a verdict under other options may not hold now
-        ):
+        elif not (force or retry) and _known_bad(ledger.get(session.session_id), input_fp, config_fp):
             planned.known_bad.append(session.session_id)
         elif unreadable:
             planned.unreadable.append((SessionResult(session.session_id, "failed", unreadable, FAILED_INPUT), input_fp))
         else:
             planned.todo.append((session, input_fp))
     return planned
+
+
+def _known_bad(entry: LedgerEntry | None, input_fp: str, config_fp: str) -> bool:
+    """Whether an input failed before because of itself, with the same content and the same options
+    (a verdict under other options may not hold now)."""
+    return (
+        entry is not None
+        and entry.status == "failed"
+        and entry.failure_kind == FAILED_INPUT
+        and entry.input_fingerprint == input_fp
+        and entry.config_fingerprint == config_fp
+    )
 
 
 def plan_refusals(refusals: list[Refusal], ledger: Ledger, config_fp: str, force: bool, retry: bool) -> Planned:
@@ -94,14 +98,7 @@ def plan_refusals(refusals: list[Refusal], ledger: Ledger, config_fp: str, force
         except OSError:
             archive = [refusal.member, *_size_and_mtime(refusal.archive), str(refusal)]
         input_fp = json_fingerprint(archive)
-        entry = ledger.get(session_id)
-        if (
-            not (force or retry)
-            and entry is not None
-            and entry.status == "failed"
-            and entry.input_fingerprint == input_fp
-            and entry.config_fingerprint == config_fp
-        ):
+        if not (force or retry) and _known_bad(ledger.get(session_id), input_fp, config_fp):
             planned.known_bad.append(session_id)
         else:
             planned.unreadable.append((SessionResult(session_id, "failed", str(refusal), FAILED_INPUT), input_fp))

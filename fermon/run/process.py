@@ -23,7 +23,7 @@ from fermon.inputs.manifest import inputs_from_manifest
 from fermon.inputs.sessions import VideoFile
 from fermon.run.ledger import FolderLock, Ledger, json_fingerprint
 from fermon.run.options import ModelIdentity, ProcessOptions, resolve_models
-from fermon.run.plan import Planned, content_fingerprint, plan, plan_refusals
+from fermon.run.plan import Planned, plan, plan_refusals
 from fermon.run.retire import retire_stale_sessions
 from fermon.run.runners import ClusterChoice, DaskRun, gpu_resources, run_in_process
 from fermon.run.session import STOP, SessionResult, process_session
@@ -182,7 +182,7 @@ def run_process(
         remove_scratch(state)  # archive members a killed run had extracted
         ledger = Ledger(state)
         try:
-            summary.retired = retire_stale_sessions(found.sessions, ledger, out, content_fingerprint)
+            summary.retired = retire_stale_sessions(found.sessions, ledger, out)
             for session_id in summary.retired:
                 emit({"event": "session_retired", "session_id": session_id})
             planned = plan(found.sessions, ledger, out, config_fp, force, retry_failed)

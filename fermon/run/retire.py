@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from fermon.inputs import storage
 from fermon.inputs.sessions import Session
 from fermon.run.ledger import Ledger
+from fermon.run.plan import content_fingerprint
 
 RETIRED_DIR = "retired"
 
 
-def retire_stale_sessions(
-    sessions: list[Session], ledger: Ledger, out: Path | str, fingerprint: Callable[[Session], str]
-) -> list[str]:
+def retire_stale_sessions(sessions: list[Session], ledger: Ledger, out: Path | str) -> list[str]:
     """Retire the sessions whose videos this run maps, all of them and unchanged (the same content
-    ``fingerprint`` as when the session was made), to other sessions; their ids."""
+    fingerprint as when the session was made), to other sessions; their ids."""
     current = {session.session_id for session in sessions}
     mapped = {video.relative: session.session_id for session in sessions for video in session.videos}
     files = {video.relative: video for session in sessions for video in session.videos}
@@ -38,7 +36,10 @@ def retire_stale_sessions(
         if not videos or not all(video in mapped for video in videos):
             continue
         # The same names under another input (another folder into the same DIR) are not these videos.
-        if fingerprint(Session(row["session_id"], [files[video] for video in videos])) != row["input_fingerprint"]:
+        if (
+            content_fingerprint(Session(row["session_id"], [files[video] for video in videos]))
+            != row["input_fingerprint"]
+        ):
             continue
         moved = _move_aside(out, row["output"], row["session_id"]) if row["output"] else None
         ledger.retire(row["session_id"], moved, sorted({mapped[video] for video in videos}))
