@@ -17,9 +17,11 @@ def write_video(
     fps: float = 10.0,
     codec: str = "libx264",
     creation_time: str | None = None,
+    extra_params: tuple[str, ...] = (),
 ) -> Path:
-    """Write RGB uint8 frames (all of one even size) to an mp4/avi/mkv file; ``creation_time`` (ISO
-    8601, e.g. ``2026-03-29T00:30:00Z``) goes into the container's header as a camera would write it."""
+    """Write RGB uint8 frames (all of one even size) to an mp4/avi/mkv/mov file; ``creation_time`` (ISO
+    8601, e.g. ``2026-03-29T00:30:00Z``) goes into the container's header as a camera would write it;
+    ``extra_params`` are further ffmpeg output options (a codec tag, metadata)."""
     import imageio_ffmpeg
 
     frames = iter(frames)
@@ -29,7 +31,8 @@ def write_video(
     writer = imageio_ffmpeg.write_frames(
         str(path), (width, height), fps=fps, codec=codec, macro_block_size=1, quality=None,
         output_params=(["-crf", "28", "-g", "10"] if codec == "libx264" else [])
-        + (["-metadata", f"creation_time={creation_time}"] if creation_time else []),
+        + (["-metadata", f"creation_time={creation_time}"] if creation_time else [])
+        + list(extra_params),
     )  # fmt: skip
     writer.send(None)
     writer.send(np.ascontiguousarray(first))
