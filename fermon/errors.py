@@ -31,6 +31,14 @@ class DataError(InputError):
     exit_code = 65  # EX_DATAERR
 
 
+class StorageError(FermonError):
+    """Object storage or the network failed while reading (a timeout, a dropped connection, a 5xx):
+    the machine's fault, not the file's. Retried with backoff within the run, then recorded as a
+    failure that the next run retries."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
 class ModelError(FermonError):
     """A model, checkpoint or vocabulary cannot be loaded or does not fit."""
 

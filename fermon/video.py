@@ -13,6 +13,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from fermon.errors import DataError, InputError
+from fermon.errors import DataError, InputError, StorageError
 from fermon.inputs import relay, storage
 from fermon.inputs.containers import codec_of
 from fermon.inputs.sessions import VideoFile
@@ -144,7 +145,7 @@ def open_reader(video: VideoFile):
 
     decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg log lines would name absolute paths
     if storage.is_url(video.path):
-        return _open_remote_reader(video)
+        return storage.retrying(lambda: _open_remote_reader(video))
     if not video.path.is_file():
         raise InputError(f"{video.relative}: no such file")
     if video.path.stat().st_size == 0:
@@ -169,6 +170,8 @@ def _open_remote_reader(video: VideoFile):
     except FileNotFoundError as error:
         raise InputError(f"{video.relative}: no such file") from error
     except OSError as error:
+        if storage.is_transient(error):
+            raise _store_failed(video, f"{type(error).__name__}: {error}".splitlines()[0][:200]) from error
         raise InputError(f"{video.relative}: unreadable ({error})") from error
     if size == 0:
         raise DataError(f"{video.relative}: empty file")
@@ -178,6 +181,8 @@ def _open_remote_reader(video: VideoFile):
             reader = decord.VideoReader(source.url, ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as error:
         source.close()
+        if source.error is not None:  # the store failed, not the video
+            raise _store_failed(video, source.error) from error
         raise _unreadable(video, error) from error
     reader.fermon_source = source  # served for as long as the reader lives
     if len(reader) == 0:
@@ -185,16 +190,41 @@ def _open_remote_reader(video: VideoFile):
     return reader
 
 
+def _store_failed(video: VideoFile, reason: str) -> StorageError:
+    tries = len(storage.RETRY_DELAYS_S) + 1
+    return StorageError(
+        f"{video.relative}: the store failed while reading ({reason}); tried {tries} times, the next run tries again"
+    )
+
+
+def _store_error(reader) -> str | None:
+    """The store's failure behind a remote reader's last read, if any (None on local files)."""
+    source = getattr(reader, "fermon_source", None)
+    return source.error if source is not None else None
+
+
 def probe(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
     """Container facts and every frame's start time in seconds (read from the index, not decoded)."""
+    return storage.retrying(lambda: _probe_once(video))
+
+
+def _probe_once(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
+    import decord
+
     reader = open_reader(video)
     count = len(reader)
     try:
         stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64)
         height, width = _frame_size(reader)
         fps = float(reader.get_avg_fps())
-    finally:
-        del reader
+    except (RuntimeError, decord.DECORDError) as error:
+        if (failure := _store_error(reader)) is not None:
+            raise _store_failed(video, failure) from error
+        raise
+    failure = _store_error(reader)
+    del reader
+    if failure is not None:  # read through a failing store: the index may be incomplete
+        raise _store_failed(video, failure)
     starts = stamps[:, 0]
     duration = float(stamps[-1, 1]) if count else 0.0
     size = storage.size_of(video.path)
@@ -266,17 +296,14 @@ def iter_batches(
     batch: int = BATCH_SAMPLES,
 ) -> Iterator[FrameBatch]:
     """Decode the sampled frames in order; memory is bounded by one batch and one reader."""
-    import decord
-
     for seg_start in range(0, len(indices), segment):
         reader = open_reader(video)  # a fresh reader per segment: decord's native memory grows otherwise
         segment_indices = indices[seg_start : seg_start + segment]
         failed_before = False
         for start in range(0, len(segment_indices), batch):
             chunk = segment_indices[start : start + batch]
-            try:
-                frames = reader.get_batch(chunk.tolist()).asnumpy()
-            except (decord.DECORDError, RuntimeError) as error:
+            reader, frames, error = _decode_chunk(video, reader, chunk)
+            if error is not None:
                 if failed_before:  # one gap record per damaged stretch, not per batch
                     gaps[-1].last_frame, gaps[-1].end_s = int(chunk[-1]), float(starts[chunk[-1]])
                 else:
@@ -291,6 +318,28 @@ def iter_batches(
             yield FrameBatch(chunk.astype(np.int64), starts[chunk].astype(np.float64), frames)
         del reader
         release_freed_memory()
+
+
+def _decode_chunk(video: VideoFile, reader, chunk: np.ndarray):
+    """(reader, frames, None), or (reader, None, the decoder's error) for a damaged stretch. A store's
+    failure is no damage: the chunk is read again on a fresh reader with backoff, and a failure that
+    persists raises StorageError (the session fails, to be retried), never a silent decode gap."""
+    import decord
+
+    for delay in (*storage.RETRY_DELAYS_S, None):
+        frames, error = None, None
+        try:
+            frames = reader.get_batch(chunk.tolist()).asnumpy()
+        except (decord.DECORDError, RuntimeError) as caught:
+            error = caught
+        failure = _store_error(reader)
+        if failure is None:
+            return reader, frames, error
+        if delay is None:
+            raise _store_failed(video, failure)
+        time.sleep(delay)
+        reader = open_reader(video)  # the failed one is dropped, and its relay source with it
+    raise AssertionError("unreachable")
 
 
 Item = TypeVar("Item")

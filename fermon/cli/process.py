@@ -118,11 +118,15 @@ def _failure_reasons(event: dict[str, Any]) -> list[str]:
 
 def last_line(summary: RunSummary) -> str:
     """The run's closing line: what was done, and every failure counted, chunks of done sessions too."""
+    from fermon.run.session import FAILED_RUN
+
     known = f", {len(summary.known_bad)} known bad (not retried)" if summary.known_bad else ""
     if summary.retired:
         known += f", {len(summary.retired)} retired (their videos are in other sessions now)"
     chunks = len(summary.failed_videos)
     within = f" (and {chunks} failed video(s) in done sessions)" if chunks else ""
+    machine = sum(result.failure_kind == FAILED_RUN for result in summary.failed)
+    within += f", {machine} to retry (the machine's or the store's failure)" if machine else ""
     return (
         f"{len(summary.done)} done, {len(summary.up_to_date)} up to date, {len(summary.failed)} failed{within}"
         f"{known}, {len(summary.not_videos)} other file(s) skipped"

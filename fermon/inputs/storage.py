@@ -17,20 +17,25 @@ import hashlib
 import os
 import re
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, TypeVar, Union
 from urllib.parse import urlsplit
 
-from fermon.errors import InputError, OutputError
+from fermon.errors import InputError, OutputError, StorageError
 
 Location = Union[Path, str]  # a local path, or an fsspec URL
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Stores where one PUT publishes a whole object atomically (fsspec protocol names).
 ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 READ_BLOCK = 1 << 20  # bytes per ranged read when decoding from an object store
+# Waits before each new try of a read that failed in the store (a timeout, a 5xx): about 20 s in
+# all rides out a store's brief outage; longer ones fail the session as retryable, for the next run.
+RETRY_DELAYS_S = (1.0, 4.0, 15.0)
+Result = TypeVar("Result")
 
 
 def is_url(location: object) -> bool:
@@ -112,6 +117,24 @@ def size_of(location: Location) -> int:
         raise
     except Exception as error:  # a store's own error (no credentials, denied): an OSError to callers
         raise OSError(f"{type(error).__name__}: {error}") from error
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a store's failure may pass on its own (a timeout, a dropped connection, a 5xx), unlike
+    an object that is missing or denied, or a URL whose store cannot be used at all."""
+    permanent = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, InputError)
+    return not isinstance(error, permanent)
+
+
+def retrying(action: Callable[[], Result]) -> Result:
+    """``action``, tried again after each :class:`StorageError` with backoff (``RETRY_DELAYS_S``);
+    the last try's StorageError is raised."""
+    for delay in RETRY_DELAYS_S:
+        try:
+            return action()
+        except StorageError:
+            time.sleep(delay)
+    return action()
 
 
 def open_binary(location: Location, block_size: int = READ_BLOCK) -> IO[bytes]:
