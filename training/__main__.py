@@ -13,6 +13,9 @@ import typer
 from fermon.errors import FermonError, UsageError
 from fermon.inputs.storage import atomic_path
 
+# fermon's one precision rule (fermon.faces.runtime.network_dtype) decides auto.
+AMP_HELP = "bf16 autocast: on, off, or auto (on CUDA, and on CPUs that run bfloat16 clearly faster than float32)."
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and evaluate fermon's expression models.")
 
 
@@ -77,7 +80,7 @@ def train(
     ] = "own",
     mask_weight: Annotated[float, typer.Option(help="PMFER: weight of the masked-phrase prediction loss.")] = 1.0,
     adversarial_weight: Annotated[float, typer.Option(help="PMFER: weight of the modal-adversarial loss.")] = 0.1,
-    amp: Annotated[str, typer.Option(help="bf16 autocast: auto, on or off.")] = "auto",
+    amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
     seed: int = 0,
     state_dir: Annotated[
         Optional[Path], typer.Option(help="Resumable state [default: ~/.cache/fermon/runs/...].")
@@ -199,7 +202,7 @@ def pretrain(
     neighbours: Annotated[int, typer.Option(help="HNCL: heatmap nearest neighbours per image.")] = 5,
     landmarks: Annotated[str, typer.Option(help="HNCL: landmark source (centerface).")] = "centerface",
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
-    amp: Annotated[str, typer.Option(help="bf16 autocast: auto, on or off.")] = "auto",
+    amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
     seed: int = 0,
     state_dir: Annotated[
         Optional[Path], typer.Option(help="Resumable state [default: ~/.cache/fermon/runs/...].")

@@ -14,7 +14,7 @@ import torch
 
 from fermon.expression.checkpoint import Checkpoint, load_checkpoint
 from fermon.expression.model import KE2NT, Architecture
-from fermon.faces.runtime import resolve_device
+from fermon.faces.runtime import network_dtype, resolve_device
 
 
 def normalise_batch(images: np.ndarray, architecture: Architecture, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -26,18 +26,15 @@ def normalise_batch(images: np.ndarray, architecture: Architecture, device: torc
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles, where bfloat16 convolutions run about 3x faster than float32."""
+    """Whether this CPU has AMX tiles (a fact benchmarks report; the precision rule times instead)."""
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def inference_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast precision for inference: float16 on CUDA, bfloat16 on CPUs with AMX, else float32
-    (None). For the default model, bfloat16 moves probabilities by at most 0.003 and is 3x faster."""
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return None
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast precision for inference under fermon's one rule (:func:`network_dtype`), None for
+    float32. For the default model, bfloat16 moves probabilities by at most 0.003."""
+    dtype = network_dtype(precision, device)
+    return None if dtype is torch.float32 else dtype
 
 
 @torch.inference_mode()
@@ -69,12 +66,15 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 class ExpressionClassifier:
     """A loaded checkpoint ready to classify crops: model on its device, calibration applied."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto", batch_size: int = 64) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: str = "auto", batch_size: int = 64, precision: str = "auto"
+    ) -> None:
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.model = checkpoint.build_model().to(self.device).to(memory_format=torch.channels_last)
-        self.autocast_dtype = inference_dtype(self.device)
+        self.autocast_dtype = inference_dtype(self.device, precision)
+        self.precision = str(self.autocast_dtype or torch.float32).removeprefix("torch.")
         # Read from the metadata once, not per batch.
         self.temperature, self.class_bias = checkpoint.temperature, checkpoint.class_bias
         if self.autocast_dtype is torch.bfloat16:

@@ -3,8 +3,10 @@ the embedder and the classifier; and what the detectors share (the default score
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import time
 from typing import TYPE_CHECKING
 
 from fermon.errors import UsageError
@@ -13,6 +15,10 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_THRESHOLD = 0.5
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# bfloat16 is chosen on a CPU only where it is clearly faster than float32: natively (AMX, AVX512-BF16)
+# it is 2-3x faster, emulated (AVX512 without BF16) slower. 1.3x leaves room for a noisy machine.
+BFLOAT16_MIN_SPEEDUP = 1.3
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -51,3 +57,60 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+def network_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The one precision rule for every network (classifier, face embedder, training): ``auto`` is
+    float16 on CUDA and, on a CPU, bfloat16 where it runs clearly faster than float32 (timed once per
+    process), else float32. An explicit precision the device cannot run is a usage error."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_bfloat16_is_fast() else torch.float32
+    if precision == "float16" and device.type != "cuda":
+        raise UsageError("--precision float16 runs on CUDA only; on a CPU use auto, bfloat16 or float32")
+    return getattr(torch, precision)
+
+
+@functools.cache
+def cpu_bfloat16_is_fast() -> bool:
+    """Whether a bfloat16 convolution runs at least ``BFLOAT16_MIN_SPEEDUP`` times faster than float32
+    here, on one thread. Timed (about 0.1 s, once per process) rather than read from CPU flags:
+    oneDNN reports bfloat16 support on CPUs that only emulate it, where it is slower than float32."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    return _bfloat16_speedup() >= BFLOAT16_MIN_SPEEDUP
+
+
+def _bfloat16_speedup(rounds: int = 5) -> float:
+    """float32 time over bfloat16 time of a convolution shaped like the classifier's middle layers:
+    the best of ``rounds`` alternating tries each, on one thread, so a busy neighbour biases neither."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+
+        def layer(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
+            conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval().to(dtype, memory_format=torch.channels_last)
+            return conv, torch.randn(16, 64, 24, 24, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+        variants = {dtype: layer(dtype) for dtype in (torch.float32, torch.bfloat16)}
+        best = {dtype: float("inf") for dtype in variants}
+        with torch.inference_mode():
+            for conv, batch in variants.values():
+                conv(batch)  # warm-up: oneDNN picks and caches its kernel on the first call
+            for _ in range(rounds):
+                for dtype, (conv, batch) in variants.items():
+                    start = time.perf_counter()
+                    conv(batch)
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+        return best[torch.float32] / best[torch.bfloat16]
+    finally:
+        torch.set_num_threads(threads)

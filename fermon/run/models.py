@@ -46,7 +46,10 @@ def cached_models(identity: ModelIdentity, options: ProcessOptions) -> tuple[Any
     """The detector and classifier for this run, built once per process and configuration; on a
     cluster worker, from the copies the client shipped (``SHIPPED_FILES``)."""
     identity = _with_local_copies(identity)
-    key = (identity, options.threshold, options.min_face, options.device, options.batch_size, options.threads)
+    key = (
+        identity, options.threshold, options.min_face, options.device, options.precision, options.batch_size,
+        options.threads,
+    )  # fmt: skip
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()  # one model set per worker: a new configuration replaces the old
@@ -76,11 +79,13 @@ def _load_models(identity: ModelIdentity, options: ProcessOptions) -> tuple[Any,
     checkpoint = load_checkpoint(identity.checkpoint_path)
     if checkpoint.metadata["content_sha256"] != identity.checkpoint_sha256:
         raise ModelError(f"{Path(identity.checkpoint_path).name}: changed on disk during the run")
-    classifier = ExpressionClassifier(checkpoint, device=options.device, batch_size=options.batch_size)
+    classifier = ExpressionClassifier(
+        checkpoint, device=options.device, batch_size=options.batch_size, precision=options.precision
+    )
     return detector, classifier
 
 
-_EMBEDDER_CACHE: dict[str, Any] = {}
+_EMBEDDER_CACHE: dict[tuple[str, str], Any] = {}  # (device, precision) -> embedder
 _REFERENCE_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (path, content hash) -> descriptor, in memory
 
 
@@ -91,11 +96,11 @@ def cached_embedder(options: ProcessOptions) -> Any:
     from fermon.expression.classify import resolve_device
     from fermon.people.embedder import FaceEmbedder
 
-    device = resolve_device(options.device).type
+    key = (resolve_device(options.device).type, options.precision)
     with _MODEL_LOCK:
-        if device not in _EMBEDDER_CACHE:
-            _EMBEDDER_CACHE[device] = FaceEmbedder(device=device)
-        return _EMBEDDER_CACHE[device]
+        if key not in _EMBEDDER_CACHE:
+            _EMBEDDER_CACHE[key] = FaceEmbedder(device=key[0], precision=options.precision)
+        return _EMBEDDER_CACHE[key]
 
 
 def cached_reference(options: ProcessOptions, detector: Any, embedder: Any) -> np.ndarray | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fermon.errors import InputError, UsageError
 from fermon.faces.detector import DEFAULT_MIN_FACE
+from fermon.faces.runtime import PRECISIONS
 from fermon.faces.track import TARGET_MODES
 from fermon.video import SEGMENT_SAMPLES
 
@@ -38,6 +39,7 @@ class ProcessOptions:
     min_face: float = DEFAULT_MIN_FACE  # video pixels; sets the detector's input scale
     whole_frames: bool = False  # search every sample whole, not only around the faces of the one before
     device: str = "auto"
+    precision: str = "auto"  # the networks' number format (fermon.faces.runtime.network_dtype)
     batch_size: int = DEFAULT_BATCH_SIZE
     session_by: str = "file"
     segment_samples: int = SEGMENT_SAMPLES
@@ -62,6 +64,10 @@ class ProcessOptions:
             raise UsageError("--min-face must be a positive width in pixels")
         if self.device not in DEVICES:
             raise UsageError("--device must be auto, cpu or cuda")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.precision == "float16" and self.device == "cpu":
+            raise UsageError("--precision float16 runs on CUDA only; on a CPU use auto, bfloat16 or float32")
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be at least 1")
         if self.target_reference is not None:
@@ -73,7 +79,8 @@ class ProcessOptions:
                 raise UsageError("--target-reference needs the identity model")
 
     def relevant(self) -> dict[str, Any]:
-        """Options that change the rows written (device, batch size and workers do not)."""
+        """Options that change the rows written (device, precision, batch size and workers do not: the
+        precision moves probabilities by at most 0.003, as the device does)."""
         from fermon.people.linking import identity_settings
 
         return {

@@ -149,6 +149,7 @@ def process_session(
         metadata = footer_metadata(session, identity, options, infos, gaps, failed_videos)
         metadata["samples"] = _sample_facts(rows)
         metadata["identity"] = persons.footer
+        metadata["precision"] = {"classifier": classifier.precision, "embedder": embedder and embedder.precision}
         table = build_table(columns, class_names, metadata)
         path = timeline_path(Path(out_dir), session.session_id)
         write_atomic(table, path)

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from fermon import __version__
 from fermon.cli import app
 from fermon.errors import BusyError
+from fermon.faces.runtime import cpu_bfloat16_is_fast
 from fermon.run.ledger import LEDGER_NAME, FolderLock, Ledger
 from fermon.run.process import ProcessOptions, run_process
 from fermon.run.timeline import read_metadata
@@ -104,6 +105,8 @@ def test_schema_and_footer(first_run, options: ProcessOptions, clips: Path) -> N
     assert video["video"] == "face.mp4" and video["codec"] == "h264" and video["frame_count"] == 30
     assert video["fps"] == 10.0 and video["width"] == 320 and video["duration_s"] == pytest.approx(3.0, abs=0.11)
     assert meta["config"]["checkpoint"] == "untrained.safetensors"
+    fastest = "bfloat16" if cpu_bfloat16_is_fast() else "float32"  # the one precision rule, in the footer
+    assert meta["precision"] == {"classifier": fastest, "embedder": fastest}
     # No absolute path anywhere in the file (footer or data).
     assert str(clips).encode() not in path.read_bytes()
     assert str(Path(options.checkpoint).parent).encode() not in path.read_bytes()
