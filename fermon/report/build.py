@@ -39,8 +39,10 @@ from fermon.report.clinical import (
     ClinicalSettings,
     load_settings,
     patients_section,
+    settle_zone,
 )
 from fermon.report.sources import file_stamp, load_manifest, read_failures, session_gaps
+from fermon.report.zones import machine_zone
 from fermon.run.ledger import LEDGER_NAME, FolderLock, json_fingerprint
 from fermon.run.timeline import METADATA_KEY, TIMELINES_DIR
 
@@ -206,7 +208,7 @@ def build_reports(
     }
     result = ReportResult()
     with FolderLock(out_dir):
-        settings = (clinical or ClinicalOptions()).apply(load_settings(out_dir))
+        settings = settle_zone((clinical or ClinicalOptions()).apply(load_settings(out_dir)), machine_zone())
         builder["clinical"] = json_fingerprint(settings.to_json())  # new events or zone: new pages
         recorded = {} if force else load_manifest(reports / MANIFEST_NAME, builder)
         entries: dict[str, Any] = {}

@@ -33,6 +33,7 @@ from fermon.report.events import (
     window_minutes_to_seconds,
 )
 
+NO_ZONE = "the manifest's UTC offset: no --timezone, and this machine's zone is UTC or not set"
 SETTINGS_NAME = "clinical.json"
 EVENTS_NAME = "events.parquet"
 PATIENTS_NAME = "patients.parquet"
@@ -46,7 +47,7 @@ class ClinicalSettings:
     events_file: str | None = None  # its name only, for the pages
     event_window_min: float = DEFAULT_WINDOW_MIN
     night: str = DEFAULT_NIGHT
-    timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC
+    timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC (see settle_zone)
 
     def validate(self) -> None:
         window_minutes_to_seconds(self.event_window_min)
@@ -103,6 +104,12 @@ class ClinicalOptions:
         settings = replace(stored, **{k: v for k, v in given.items() if v is not None})
         settings.validate()
         return settings
+
+
+def settle_zone(settings: ClinicalSettings, machine: str | None) -> ClinicalSettings:
+    """With no zone given or kept: ``machine`` (fermon.report.zones.machine_zone), kept from now on in
+    clinical.json so that later builds, on any machine, show the same times and day/night rows."""
+    return settings if settings.timezone or not machine else replace(settings, timezone=machine)
 
 
 def load_settings(out_dir: Path) -> ClinicalSettings:
@@ -245,7 +252,7 @@ def clinical_section(
         ("recording end", local_text(end, zone) if end is not None else "unknown"),
         ("start taken from", {"manifest": "the study manifest", "container": "the video file's header"}.get(
             clock.get("source"), "nowhere: no manifest start and no creation time in the file")),
-        ("times shown in", zone_name(zone)),
+        ("times shown in", zone_name(zone) + ("" if settings.zone else f" ({NO_ZONE})")),
     ]  # fmt: skip
     facts_html = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in facts)
     figure = ""
