@@ -256,7 +256,9 @@ def clinical_section(
     ]  # fmt: skip
     facts_html = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in facts)
     figure = ""
-    if start is not None and len(samples):
+    if start is not None and len(samples) and not samples["covered"].any():
+        figure = "<p>No target face in this session: nothing to draw on the wall clock.</p>"
+    elif start is not None and len(samples):
         svg = wall_clock_figure(
             samples, class_names, float(metadata.get("sampling_fps") or 0.0), start, zone, event_rows,
             f"{row['session_id']}-w",

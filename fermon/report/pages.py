@@ -135,11 +135,13 @@ def _figure(svg: str, caption: str) -> str:
 
 
 def figures_html(figures: Mapping[str, str], after: Mapping[str, str] | None = None) -> str:
-    """Each figure of :data:`fermon.report.plots.SESSION_FIGURES` in order, under its heading, with its
-    caption; ``after`` holds HTML to follow a figure (by key)."""
+    """Each figure of :data:`fermon.report.plots.SESSION_FIGURES` that was drawn, in order, under its
+    heading, with its caption; ``after`` holds HTML to follow a figure (by key)."""
     after = after or {}
     sections = []
     for entry in SESSION_FIGURES:
+        if entry.key not in figures:
+            continue
         sections.append(f"<h2>{escape(entry.heading)}</h2>\n{_figure(figures[entry.key], entry.caption)}\n")
         if entry.key in after:
             sections.append(f"{after[entry.key]}\n")
@@ -205,11 +207,30 @@ target face counts as not covered. Shaded red bands mark segments that failed to
 <h2>Quality</h2><p>{flags_html(row)}</p><p class="muted">{escape(rules)}</p>
 <div class="wide"><table>{facts_html}</table></div>
 {clinical_html}{thumbnails_html(thumbnails, missing_videos)}
-{figures_html(figures, {"shares": shares})}<h2>Segments that failed to decode</h2>
+{no_target_html(row, metadata, "coverage" in figures)}{figures_html(figures, {"shares": shares})}
+<h2>Segments that failed to decode</h2>
 {gaps_html}
 {provenance_html(metadata)}
 """
     return page(f"fermon – {sid}", body)
+
+
+def no_target_html(row: Mapping[str, Any], metadata: Mapping[str, Any], faces_seen: bool) -> str:
+    """For a session with no target face, the sentence that stands for its expression figures;
+    ``faces_seen``: some sample has a face (the coverage figure is drawn only then)."""
+    if row.get("covered_frames", 1):
+        return ""
+    reference = (metadata.get("identity") or {}).get("reference") or {}
+    if not faces_seen:
+        why = "no face was detected in any sample"
+    elif reference and not reference.get("matched"):
+        why = "faces were seen, but none matched the patient's reference photo closely enough"
+    else:
+        why = "faces were seen, but none was taken for the patient's"
+    return (
+        f'<h2>Expressions</h2><p class="warning">No target face was found in this session: {why}. There is '
+        "nothing to show of the patient's expressions, their shares or their detection scores.</p>\n"
+    )
 
 
 def thumbnails_html(thumbnails: Sequence[Any] | None, missing_videos: Sequence[str]) -> str:

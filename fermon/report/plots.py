@@ -218,6 +218,7 @@ class SessionFigure:
     heading: str
     caption: str
     salt: str  # suffix of the session id that makes this figure's SVG element ids unique on its page
+    shown: Callable[[SessionData], bool] = lambda s: bool(s.samples["covered"].any())  # else not drawn
 
 
 SESSION_FIGURES: tuple[SessionFigure, ...] = (
@@ -242,6 +243,7 @@ SESSION_FIGURES: tuple[SessionFigure, ...] = (
         "Face-detection coverage",
         "Share of samples with the target face (filled) and with any face (line), in time bins.",
         "c",
+        lambda s: bool((s.samples["faces"] > 0).any()),
     ),
     SessionFigure(
         "detection",
@@ -260,6 +262,11 @@ def session_figures(
     fps: float,
     gaps: Sequence[dict[str, Any]],
 ) -> dict[str, str]:
-    """Every figure of :data:`SESSION_FIGURES` for one session, as inline SVG by key."""
+    """The figures of :data:`SESSION_FIGURES` that have something to show (most need a target face),
+    as inline SVG by key."""
     session = SessionData(samples, row, class_names, fps, gaps)
-    return {figure.key: figure.draw(session, f"{row['session_id']}-{figure.salt}") for figure in SESSION_FIGURES}
+    return {
+        figure.key: figure.draw(session, f"{row['session_id']}-{figure.salt}")
+        for figure in SESSION_FIGURES
+        if figure.shown(session)
+    }
