@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,8 @@ def build_reports(
         write_summary(out_dir / SUMMARY_NAME, rows, class_names, thresholds_dict(thresholds))
         patients = _write_clinical(out_dir, entries, class_names, settings, result)
         patients_html = patients_section(rows, patients, settings)
-        write_text_atomic(reports / "index.html", pages.index_page(rows, class_names, failures, patients_html))
+        index = pages.index_page(rows, class_names, failures, patients_html, settings.zone or timezone.utc)
+        write_text_atomic(reports / "index.html", index)
         manifest = {"builder": builder, "sessions": entries}
         write_text_atomic(reports / MANIFEST_NAME, json.dumps(manifest, sort_keys=True))
     result.failed_inputs = len(failures)

@@ -176,6 +176,8 @@ def test_patients_and_the_cohort_page(study: dict) -> None:
     assert p01.loc["night", "sampled_frames"] == 20 and p01.loc["day", "sampled_frames"] == 0  # 02:00-04:00 is night
     index = (out / "reports" / "index.html").read_text()
     assert "<h2>Patients</h2>" in index and "Patient P01" in index and "Patient P02" in index
+    # The sessions' table has their start on the wall clock (UTC here: built with no zone set).
+    assert "start (UTC)" in index and '<span class="nowrap">00:59</span>' in index
     assert str(out.parent) not in index
 
 
