@@ -30,7 +30,10 @@ NightOption = Annotated[
 ]
 TimezoneOption = Annotated[
     Optional[str],
-    typer.Option(help="IANA zone for wall-clock times, e.g. Europe/Berlin (default: the manifest's UTC offsets)."),
+    typer.Option(
+        help="IANA zone for wall-clock times and day/night, e.g. Europe/Berlin (default: the zone kept in "
+        "DIR/clinical.json, else this machine's, else the manifest's UTC offsets)."
+    ),
 ]
 
 

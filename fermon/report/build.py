@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ from fermon.report.clinical import (
     ClinicalSettings,
     load_settings,
     patients_section,
+    settle_zone,
 )
 from fermon.report.sources import file_stamp, load_manifest, read_failures, session_gaps
+from fermon.report.zones import machine_zone
 from fermon.run.ledger import LEDGER_NAME, FolderLock, json_fingerprint
 from fermon.run.timeline import METADATA_KEY, TIMELINES_DIR
 
@@ -206,7 +209,7 @@ def build_reports(
     }
     result = ReportResult()
     with FolderLock(out_dir):
-        settings = (clinical or ClinicalOptions()).apply(load_settings(out_dir))
+        settings = settle_zone((clinical or ClinicalOptions()).apply(load_settings(out_dir)), machine_zone())
         builder["clinical"] = json_fingerprint(settings.to_json())  # new events or zone: new pages
         recorded = {} if force else load_manifest(reports / MANIFEST_NAME, builder)
         entries: dict[str, Any] = {}
@@ -232,7 +235,8 @@ def build_reports(
         write_summary(out_dir / SUMMARY_NAME, rows, class_names, thresholds_dict(thresholds))
         patients = _write_clinical(out_dir, entries, class_names, settings, result)
         patients_html = patients_section(rows, patients, settings)
-        write_text_atomic(reports / "index.html", pages.index_page(rows, class_names, failures, patients_html))
+        index = pages.index_page(rows, class_names, failures, patients_html, settings.zone or timezone.utc)
+        write_text_atomic(reports / "index.html", index)
         manifest = {"builder": builder, "sessions": entries}
         write_text_atomic(reports / MANIFEST_NAME, json.dumps(manifest, sort_keys=True))
     result.failed_inputs = len(failures)

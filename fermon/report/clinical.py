@@ -33,6 +33,7 @@ from fermon.report.events import (
     window_minutes_to_seconds,
 )
 
+NO_ZONE = "the manifest's UTC offset: no --timezone, and this machine's zone is UTC or not set"
 SETTINGS_NAME = "clinical.json"
 EVENTS_NAME = "events.parquet"
 PATIENTS_NAME = "patients.parquet"
@@ -46,7 +47,7 @@ class ClinicalSettings:
     events_file: str | None = None  # its name only, for the pages
     event_window_min: float = DEFAULT_WINDOW_MIN
     night: str = DEFAULT_NIGHT
-    timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC
+    timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC (see settle_zone)
 
     def validate(self) -> None:
         window_minutes_to_seconds(self.event_window_min)
@@ -105,6 +106,12 @@ class ClinicalOptions:
         return settings
 
 
+def settle_zone(settings: ClinicalSettings, machine: str | None) -> ClinicalSettings:
+    """With no zone given or kept: ``machine`` (fermon.report.zones.machine_zone), kept from now on in
+    clinical.json so that later builds, on any machine, show the same times and day/night rows."""
+    return settings if settings.timezone or not machine else replace(settings, timezone=machine)
+
+
 def load_settings(out_dir: Path) -> ClinicalSettings:
     """The stored settings, or the defaults (no events) when there are none."""
     path = out_dir / SETTINGS_NAME
@@ -132,42 +139,60 @@ def wall_clock_figure(
     events: Sequence[Mapping[str, Any]],
     salt: str,
 ) -> str:
-    """The target face's expressions on the wall clock (continuous in UTC, labelled in ``zone``), with
-    the events in the recording's span as dashed lines (and shaded when they have an end)."""
-    from matplotlib import dates
+    """The target face's expressions on the wall clock, as inline SVG: see :func:`wall_clock_plot`."""
+    from fermon.report.plots import to_svg
 
-    from fermon.report.plots import _binned, _figure, class_colours, smoothed, to_svg
+    return to_svg(wall_clock_plot(samples, class_names, fps, start, zone, events), salt)
 
+
+def _seconds_from(start: pd.Timestamp, moment: Any) -> float | None:
+    if moment is None or pd.isna(moment):
+        return None
+    return (pd.Timestamp(moment) - start).total_seconds()
+
+
+def wall_clock_plot(
+    samples: pd.DataFrame,
+    class_names: Sequence[str],
+    fps: float,
+    start: pd.Timestamp,
+    zone: tzinfo,
+    events: Sequence[Mapping[str, Any]],
+) -> Any:
+    """The target face's expressions on the wall clock (ticks round in UTC, labelled in ``zone``; long
+    pauses squeezed and marked), with the events in the recording's span as dashed lines (shaded when
+    they have an end) labelled above the plot."""
+    from fermon.report.axes import place_labels, set_ticks, time_axis, wall_ticks
+    from fermon.report.plots import _binned, _figure, class_colours, smoothed
+
+    seconds = samples["timestamp_s"].to_numpy(float)
+    marks = [
+        (_seconds_from(start, e["time"]), _seconds_from(start, e.get("end")), str(e["event"]))
+        for e in events
+        if e.get("in_recording")
+    ]
+    axis = time_axis([*seconds, *(t for at, until, _ in marks for t in (at, until) if t is not None)])
     figure = _figure(3.2)
     ax = figure.add_subplot()
-    naive = (start + pd.to_timedelta(samples["timestamp_s"].to_numpy(float), unit="s")).tz_convert("UTC")
-    x = dates.date2num(naive.tz_localize(None).to_numpy())
     colours = class_colours(class_names)
+    x = axis.x(seconds)
     for name in class_names:
-        xs, ys = _binned(x, smoothed(samples, f"prob_{name}", fps), 2000)
+        xs, ys = axis.break_lines(*_binned(x, smoothed(samples, f"prob_{name}", fps), 2000))
         ax.plot(xs, ys, color=colours[name], lw=1.4, label=name)
-    span = [float(x.min()), float(x.max())] if len(x) else []
-    for event in events:
-        if not event.get("in_recording"):
-            continue
-        at = dates.date2num(pd.Timestamp(event["time"]).tz_convert("UTC").tz_localize(None))
-        span += [at]
-        ax.axvline(at, color="#222222", ls="--", lw=1)
-        if event.get("end") is not None and not pd.isna(event["end"]):
-            until = dates.date2num(pd.Timestamp(event["end"]).tz_convert("UTC").tz_localize(None))
-            ax.axvspan(at, until, color="#888888", alpha=0.15, lw=0)
-            span += [until]
-        ax.text(at, 1.0, f" {event['event']}", rotation=90, va="top", ha="right", fontsize=7)
-    if span:
-        lo, hi = min(span), max(span)
-        ax.set_xlim(lo, hi if hi > lo else lo + 1 / 86400)
-    locator = dates.AutoDateLocator(tz=zone)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(dates.DateFormatter("%H:%M:%S", tz=zone))
+    for at, until, _ in marks:
+        ax.axvline(float(axis.x(at)), color="#222222", ls="--", lw=1)
+        if until is not None:
+            ax.axvspan(float(axis.x(at)), float(axis.x(until)), color="#888888", alpha=0.15, lw=0)
+    set_ticks(ax, axis, *wall_ticks(axis, start, zone))
     ax.set(ylim=(-0.02, 1.02), xlabel=f"wall clock ({zone_name(zone)})", ylabel="probability")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
-    return to_svg(figure, salt)
+    place_labels(ax, [float(axis.x(at)) for at, _, _ in marks], [_short(name) for _, _, name in marks])
+    return figure
+
+
+def _short(text: str, most: int = 32) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _most_probable(row: Mapping[str, Any], phase: str, class_names: Sequence[str]) -> str:
@@ -227,18 +252,21 @@ def clinical_section(
         ("recording end", local_text(end, zone) if end is not None else "unknown"),
         ("start taken from", {"manifest": "the study manifest", "container": "the video file's header"}.get(
             clock.get("source"), "nowhere: no manifest start and no creation time in the file")),
-        ("times shown in", zone_name(zone)),
+        ("times shown in", zone_name(zone) + ("" if settings.zone else f" ({NO_ZONE})")),
     ]  # fmt: skip
     facts_html = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in facts)
     figure = ""
-    if start is not None and len(samples):
+    if start is not None and len(samples) and not samples["covered"].any():
+        figure = "<p>No target face in this session: nothing to draw on the wall clock.</p>"
+    elif start is not None and len(samples):
         svg = wall_clock_figure(
             samples, class_names, float(metadata.get("sampling_fps") or 0.0), start, zone, event_rows,
             f"{row['session_id']}-w",
         )  # fmt: skip
         figure = (
             f"<figure>{svg}<figcaption>Probability of each expression on the wall clock (smoothed over about "
-            "2 s); dashed lines mark clinical events, shaded spans their duration.</figcaption></figure>"
+            "2 s); dashed lines mark clinical events, shaded spans their duration; a hatched band stands for a long "
+            "pause between recordings, its length written on it.</figcaption></figure>"
         )
     window = settings.window_s
     return f"""

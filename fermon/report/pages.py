@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +37,14 @@ code { font-size: .9em; word-break: break-all; }
 .thumbs { display: flex; flex-wrap: wrap; gap: .8rem; }
 figure.thumb { margin: 0; text-align: center; } figure.thumb img { height: 96px; border-radius: 4px; }
 .warning { color: var(--flag); font-weight: 600; }
+.nowrap { white-space: nowrap; }
+/* The cohort table fits a 1,400 px window: the index may be wider than a session page, headers and
+   flags wrap at spaces, long session ids anywhere. */
+body.index { max-width: 1400px; padding: 1.5rem 1rem; }
+table.cohort { font-size: .9em; }
+table.cohort th, table.cohort td { padding: .25rem .35rem; }
+table.cohort th.sortable, table.cohort .flag { white-space: normal; }
+table.cohort td.id { overflow-wrap: anywhere; min-width: 9em; }
 @media print {
   body { max-width: none; padding: 0; font-size: 11px; }
   nav, .noprint { display: none; }
@@ -77,14 +85,15 @@ FLAG_TEXT = {
 }
 
 
-def page(title: str, body: str, script: str = "") -> str:
+def page(title: str, body: str, script: str = "", body_class: str = "") -> str:
     """A complete, self-contained HTML document."""
     js = f"<script>{script}</script>" if script else ""
+    attributes = f' class="{body_class}"' if body_class else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
-        f"<body>{body}{js}</body></html>\n"
+        f"<body{attributes}>{body}{js}</body></html>\n"
     )
 
 
@@ -135,11 +144,13 @@ def _figure(svg: str, caption: str) -> str:
 
 
 def figures_html(figures: Mapping[str, str], after: Mapping[str, str] | None = None) -> str:
-    """Each figure of :data:`fermon.report.plots.SESSION_FIGURES` in order, under its heading, with its
-    caption; ``after`` holds HTML to follow a figure (by key)."""
+    """Each figure of :data:`fermon.report.plots.SESSION_FIGURES` that was drawn, in order, under its
+    heading, with its caption; ``after`` holds HTML to follow a figure (by key)."""
     after = after or {}
     sections = []
     for entry in SESSION_FIGURES:
+        if entry.key not in figures:
+            continue
         sections.append(f"<h2>{escape(entry.heading)}</h2>\n{_figure(figures[entry.key], entry.caption)}\n")
         if entry.key in after:
             sections.append(f"{after[entry.key]}\n")
@@ -205,11 +216,30 @@ target face counts as not covered. Shaded red bands mark segments that failed to
 <h2>Quality</h2><p>{flags_html(row)}</p><p class="muted">{escape(rules)}</p>
 <div class="wide"><table>{facts_html}</table></div>
 {clinical_html}{thumbnails_html(thumbnails, missing_videos)}
-{figures_html(figures, {"shares": shares})}<h2>Segments that failed to decode</h2>
+{no_target_html(row, metadata, "coverage" in figures)}{figures_html(figures, {"shares": shares})}
+<h2>Segments that failed to decode</h2>
 {gaps_html}
 {provenance_html(metadata)}
 """
     return page(f"fermon – {sid}", body)
+
+
+def no_target_html(row: Mapping[str, Any], metadata: Mapping[str, Any], faces_seen: bool) -> str:
+    """For a session with no target face, the sentence that stands for its expression figures;
+    ``faces_seen``: some sample has a face (the coverage figure is drawn only then)."""
+    if row.get("covered_frames", 1):
+        return ""
+    reference = (metadata.get("identity") or {}).get("reference") or {}
+    if not faces_seen:
+        why = "no face was detected in any sample"
+    elif reference and not reference.get("matched"):
+        why = "faces were seen, but none matched the patient's reference photo closely enough"
+    else:
+        why = "faces were seen, but none was taken for the patient's"
+    return (
+        f'<h2>Expressions</h2><p class="warning">No target face was found in this session: {why}. There is '
+        "nothing to show of the patient's expressions, their shares or their detection scores.</p>\n"
+    )
 
 
 def thumbnails_html(thumbnails: Sequence[Any] | None, missing_videos: Sequence[str]) -> str:
@@ -268,9 +298,33 @@ def provenance_html(metadata: Mapping[str, Any]) -> str:
 """
 
 
-def _cell(text: str, sort_value: Any, numeric: bool = False) -> str:
+def _cell(text: str, sort_value: Any, numeric: bool = False, kind: str = "") -> str:
     value = sort_value if not (isinstance(sort_value, float) and not math.isfinite(sort_value)) else ""
-    return f'<td class="{"num" if numeric else ""}" data-v="{escape(str(value))}">{text}</td>'
+    return f'<td class="{"num" if numeric else kind}" data-v="{escape(str(value))}">{text}</td>'
+
+
+def _start_text(start: Any, zone: tzinfo) -> str:
+    """``2026-03-28 22:00 CET``, breaking only between the date and the time (the column stays narrow)."""
+    if not start:
+        return "–"
+    local = datetime.fromisoformat(str(start)).astimezone(zone)
+    name = f" {local.tzname()}" if not isinstance(zone, timezone) else ""
+    return f'<span class="nowrap">{local:%Y-%m-%d}</span> <span class="nowrap">{local:%H:%M}{escape(name)}</span>'
+
+
+def _index_head(class_names: Sequence[str], zone: tzinfo) -> str:
+    """Two header rows: the session's columns, then the share of each expression under one heading."""
+    zone_text = "UTC" if zone is timezone.utc else str(zone)
+    headers = ["session", f"start ({zone_text})", "duration", "sampled", "coverage", "dominant", "confidence"]
+    headers += ["several faces", "flags"]
+    numeric = {2, 3, 4, 6, 7}
+    first = "".join(
+        f'<th rowspan="2" class="sortable{" num" if k in numeric else ""}">{escape(h)}</th>'
+        for k, h in enumerate(headers)
+    )
+    shares = f'<th colspan="{len(class_names)}">share of covered time</th>' if class_names else ""
+    second = "".join(f'<th class="sortable num">{escape(c)}</th>' for c in class_names)
+    return f"<tr>{first}{shares}</tr><tr>{second}</tr>"
 
 
 def index_page(
@@ -278,20 +332,17 @@ def index_page(
     class_names: Sequence[str],
     failures: Sequence[Mapping[str, Any]],
     patients_html: str = "",
+    zone: tzinfo = timezone.utc,
 ) -> str:
-    """The cohort index: one sortable row per session, the sessions by patient (``patients_html``,
-    from fermon.report.clinical), then the inputs whose last attempt failed."""
-    headers = ["session", "duration", "sampled", "coverage", "dominant", "confidence", "several faces", "flags"]
-    headers += [f"{c} (share)" for c in class_names]
-    numeric = {1, 2, 3, 5, 6} | set(range(8, len(headers)))
-    head = "".join(
-        f'<th class="sortable{" num" if k in numeric else ""}">{escape(h)}</th>' for k, h in enumerate(headers)
-    )
+    """The cohort index: one sortable row per session (start times in ``zone``), the sessions by
+    patient (``patients_html``, from fermon.report.clinical), then the inputs whose last attempt failed."""
+    head = _index_head(class_names, zone)
     body = []
     for row in rows:
         sid = str(row["session_id"])
         cells = [
-            _cell(f'<a href="{escape(session_href(sid))}">{escape(sid)}</a>', sid),
+            _cell(f'<a href="{escape(session_href(sid))}">{escape(sid)}</a>', sid, kind="id"),
+            _cell(_start_text(row.get("start_time"), zone), row.get("start_time") or ""),
             _cell(duration(row["duration_s"]), row["duration_s"], True),
             _cell(str(row["sampled_frames"]), row["sampled_frames"], True),
             _cell(percent(row["coverage"]), row["coverage"], True),
@@ -303,7 +354,7 @@ def index_page(
         ]
         body.append("<tr>" + "".join(cells) + "</tr>")
     sessions = (
-        f'<div class="wide"><table class="sortable"><thead><tr>{head}</tr></thead>'
+        f'<div class="wide"><table class="sortable cohort"><thead>{head}</thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
         if rows
         else "<p>No session has a timeline yet.</p>"
@@ -328,4 +379,4 @@ Report built {built} by fermon {escape(__version__)}. Click a column header to s
 <p class="muted">Sessions whose latest processing attempt failed or was interrupted, from the run ledger.</p>
 {failed}
 """
-    return page("fermon – sessions", content, _SORT_JS)
+    return page("fermon – sessions", content, _SORT_JS, body_class="index")

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fermon.report.axes import TimeAxis, elapsed_ticks, set_ticks, time_axis
+
 SMOOTHING_S = 2.0  # width of the centred moving average on the expression curves
 MAX_LINE_POINTS = 2000  # longer curves are averaged into this many bins
 RASTER_ABOVE = 200  # raw points drawn as an embedded image above this many samples (page size)
@@ -63,13 +65,6 @@ def to_svg(figure: Any, salt: str) -> str:
     return text.replace("<svg ", '<svg role="img" ', 1)
 
 
-def _time_axis(times: np.ndarray) -> tuple[np.ndarray, str]:
-    """Minutes for long sessions, seconds otherwise."""
-    if len(times) and float(np.nanmax(times)) > 600:
-        return times / 60.0, "time (min)"
-    return times, "time (s)"
-
-
 def _binned(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``y`` in ``bins`` equal-count chunks, keeping NaN where a chunk is all NaN."""
     if len(x) <= bins:
@@ -83,10 +78,10 @@ def _binned(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.nda
         return xs, sums / counts
 
 
-def _shade_gaps(ax: Any, gaps: Sequence[dict[str, Any]], scale: float) -> None:
+def _shade_gaps(ax: Any, gaps: Sequence[dict[str, Any]], axis: TimeAxis) -> None:
     for gap in gaps:
         # Gaps are given on the session's time axis (video offset already added).
-        ax.axvspan(gap["start_s"] / scale, gap["end_s"] / scale, color="#d62728", alpha=0.15, lw=0)
+        ax.axvspan(*axis.x([gap["start_s"], gap["end_s"]]), color="#d62728", alpha=0.15, lw=0)
 
 
 def _empty_note(ax: Any, text: str) -> None:
@@ -97,7 +92,10 @@ def smoothed(samples: pd.DataFrame, column: str, fps: float) -> np.ndarray:
     """Centred moving average over about ``SMOOTHING_S`` seconds; NaN where no target face."""
     window = max(1, round(SMOOTHING_S * fps)) if fps > 0 else 1
     values = samples[column].astype("float64")
-    result = values.rolling(window, center=True, min_periods=1).mean().to_numpy(copy=True)
+    # Never across a hole in the samples (a pause between chunks, a decode gap): each run on its own.
+    runs = np.cumsum(np.diff(samples["timestamp_s"].to_numpy(float), prepend=-np.inf) > SMOOTHING_S)
+    rolled = values.groupby(runs).rolling(window, center=True, min_periods=1).mean()
+    result = rolled.droplevel(0).reindex(values.index).to_numpy(copy=True)
     result[~samples["covered"].to_numpy(bool)] = np.nan  # break the curve where the face is gone
     return result
 
@@ -108,28 +106,39 @@ def expression_figure(
     """Probability of each expression over time: smoothed curves over faint raw samples."""
     figure = _figure(3.6)
     ax = figure.add_subplot()
-    times, label = _time_axis(samples["timestamp_s"].to_numpy(float))
-    scale = 60.0 if label.endswith("(min)") else 1.0
+    axis, times = _session_axis(samples)
     colours = class_colours(class_names)
     covered = samples["covered"].to_numpy(bool)
     rasterise = int(covered.sum()) > RASTER_ABOVE
     for name in class_names:
         raw = samples[f"prob_{name}"].to_numpy(float)
         ax.scatter(times[covered], raw[covered], s=5, color=colours[name], alpha=0.25, lw=0, rasterized=rasterise)
-        x, y = _binned(times, smoothed(samples, f"prob_{name}", fps), MAX_LINE_POINTS)
+        x, y = axis.break_lines(*_binned(times, smoothed(samples, f"prob_{name}", fps), MAX_LINE_POINTS))
         ax.plot(x, y, color=colours[name], lw=1.6, label=name)
-    _shade_gaps(ax, gaps, scale)
-    _finish_unit_axes(ax, times, covered, label, "probability")
+    _shade_gaps(ax, gaps, axis)
+    _finish_unit_axes(ax, axis, covered, "probability")
     return to_svg(figure, salt)
 
 
-def _finish_unit_axes(ax, times: np.ndarray, covered: np.ndarray, xlabel: str, ylabel: str) -> None:
+def _session_axis(samples: pd.DataFrame) -> tuple[TimeAxis, np.ndarray]:
+    """The session's time axis (long pauses squeezed) and each sample's x on it."""
+    seconds = samples["timestamp_s"].to_numpy(float)
+    axis = time_axis(seconds)
+    return axis, axis.x(seconds)
+
+
+def _finish_time_axis(ax: Any, axis: TimeAxis) -> None:
+    xs, labels, xlabel = elapsed_ticks(axis)
+    set_ticks(ax, axis, xs, labels)
+    ax.set_xlabel(xlabel)
+
+
+def _finish_unit_axes(ax, axis: TimeAxis, covered: np.ndarray, ylabel: str) -> None:
     """What every 0-to-1 plot over time ends with: limits, labels, legend, grid, a note when empty."""
     if not covered.any():
         _empty_note(ax, "no target face in this session")
-    ax.set(ylim=(-0.02, 1.02), xlabel=xlabel, ylabel=ylabel)
-    if len(times):
-        ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
+    ax.set(ylim=(-0.02, 1.02), ylabel=ylabel)
+    _finish_time_axis(ax, axis)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
 
@@ -156,17 +165,15 @@ def coverage_figure(samples: pd.DataFrame, gaps: Sequence[dict[str, Any]], salt:
     """Share of samples with the target face, and with any face, in time bins."""
     figure = _figure(2.4)
     ax = figure.add_subplot()
-    times, label = _time_axis(samples["timestamp_s"].to_numpy(float))
-    scale = 60.0 if label.endswith("(min)") else 1.0
+    axis, times = _session_axis(samples)
     bins = max(1, min(COVERAGE_BINS, len(times)))
-    x, target = _binned(times, samples["covered"].to_numpy(float), bins)
-    _, anyface = _binned(times, (samples["faces"] > 0).to_numpy(float), bins)
+    x, target = axis.break_lines(*_binned(times, samples["covered"].to_numpy(float), bins))
+    _, anyface = axis.break_lines(*_binned(times, (samples["faces"] > 0).to_numpy(float), bins))
     ax.fill_between(x, 0, 100 * target, step="mid", color="#1f77b4", alpha=0.35, label="target face")
     ax.step(x, 100 * anyface, where="mid", color="#333333", lw=1, label="any face")
-    _shade_gaps(ax, gaps, scale)
-    ax.set(ylim=(0, 105), xlabel=label, ylabel="samples with a face (%)")
-    if len(times):
-        ax.set_xlim(float(times.min()), float(times.max()) or 1.0)
+    _shade_gaps(ax, gaps, axis)
+    ax.set(ylim=(0, 105), ylabel="samples with a face (%)")
+    _finish_time_axis(ax, axis)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     return to_svg(figure, salt)
@@ -176,7 +183,7 @@ def detection_figure(samples: pd.DataFrame, salt: str) -> str:
     """The target face's detection score and the classifier's confidence over time."""
     figure = _figure(2.4)
     ax = figure.add_subplot()
-    times, label = _time_axis(samples["timestamp_s"].to_numpy(float))
+    axis, times = _session_axis(samples)
     covered = samples["covered"].to_numpy(bool)
     rasterise = int(covered.sum()) > RASTER_ABOVE
     for column, colour, name in (("det_score", "#2ca02c", "detection score"), ("confidence", "#9467bd", "confidence")):
@@ -184,7 +191,7 @@ def detection_figure(samples: pd.DataFrame, salt: str) -> str:
         ax.scatter(
             times[covered], values[covered], s=5, color=colour, alpha=0.5, lw=0, label=name, rasterized=rasterise
         )
-    _finish_unit_axes(ax, times, covered, label, "score")
+    _finish_unit_axes(ax, axis, covered, "score")
     return to_svg(figure, salt)
 
 
@@ -211,6 +218,7 @@ class SessionFigure:
     heading: str
     caption: str
     salt: str  # suffix of the session id that makes this figure's SVG element ids unique on its page
+    shown: Callable[[SessionData], bool] = lambda s: bool(s.samples["covered"].any())  # else not drawn
 
 
 SESSION_FIGURES: tuple[SessionFigure, ...] = (
@@ -218,7 +226,8 @@ SESSION_FIGURES: tuple[SessionFigure, ...] = (
         "expressions",
         lambda s, salt: expression_figure(s.samples, s.class_names, s.fps, s.gaps, salt),
         "Expressions over time",
-        "Probability of each expression: lines smoothed over about 2 s, dots raw samples.",
+        "Probability of each expression: lines smoothed over about 2 s, dots raw samples. A hatched band "
+        "stands for a long pause between recordings, its length written on it.",
         "e",
     ),
     SessionFigure(
@@ -234,6 +243,7 @@ SESSION_FIGURES: tuple[SessionFigure, ...] = (
         "Face-detection coverage",
         "Share of samples with the target face (filled) and with any face (line), in time bins.",
         "c",
+        lambda s: bool((s.samples["faces"] > 0).any()),
     ),
     SessionFigure(
         "detection",
@@ -252,6 +262,11 @@ def session_figures(
     fps: float,
     gaps: Sequence[dict[str, Any]],
 ) -> dict[str, str]:
-    """Every figure of :data:`SESSION_FIGURES` for one session, as inline SVG by key."""
+    """The figures of :data:`SESSION_FIGURES` that have something to show (most need a target face),
+    as inline SVG by key."""
     session = SessionData(samples, row, class_names, fps, gaps)
-    return {figure.key: figure.draw(session, f"{row['session_id']}-{figure.salt}") for figure in SESSION_FIGURES}
+    return {
+        figure.key: figure.draw(session, f"{row['session_id']}-{figure.salt}")
+        for figure in SESSION_FIGURES
+        if figure.shown(session)
+    }

@@ -136,7 +136,9 @@ def study(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, untra
     out = root / "out"
     args = ["process", str(root / "in"), "--out", str(out), "--manifest", str(manifest), "--events", str(events)]
     args += ["--event-window", "0.05", "--checkpoint", str(untrained_checkpoint), "--detector", "centerface"]
-    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TZ", "UTC")  # as on a machine with no zone set: times at the manifest's offsets
+        result = CliRunner().invoke(app, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     return {"out": out, "output": result.output, "events": events}
 
@@ -174,6 +176,8 @@ def test_patients_and_the_cohort_page(study: dict) -> None:
     assert p01.loc["night", "sampled_frames"] == 20 and p01.loc["day", "sampled_frames"] == 0  # 02:00-04:00 is night
     index = (out / "reports" / "index.html").read_text()
     assert "<h2>Patients</h2>" in index and "Patient P01" in index and "Patient P02" in index
+    # The sessions' table has their start on the wall clock (UTC here: built with no zone set).
+    assert "start (UTC)" in index and '<span class="nowrap">00:59</span>' in index
     assert str(out.parent) not in index
 
 
@@ -194,3 +198,34 @@ def test_report_alone_rebuilds_from_what_dir_holds(study: dict, tmp_path: Path) 
     assert "Europe/Berlin" in page and "2026-03-29 03:00:02 +02:00" in page
     bad = CliRunner().invoke(app, ["report", str(out), "--timezone", "Mars/Olympus"])
     assert bad.exit_code == 64 and "unknown time zone 'Mars/Olympus'" in bad.output
+
+
+@pytest.mark.slow
+def test_without_timezone_the_machines_zone_is_kept_and_shown(
+    study: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P01's night starts at 20:59:58 in New York (EDT since March 8): with night hours 20:30-21:30 all of
+    it is night there, where a fixed offset (EST, 19:59:58; or the manifest's +01:00) would make it day."""
+    import json
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(study["out"], out)
+    assert json.loads((out / "clinical.json").read_text())["timezone"] is None  # built with no zone set
+    monkeypatch.setenv("TZ", "America/New_York")
+    result = CliRunner().invoke(app, ["report", str(out), "--night", "20:30-21:30", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "clinical.json").read_text())["timezone"] == "America/New_York"
+    p01 = pd.read_parquet(out / "patients.parquet").set_index(["patient_id", "period"]).loc["P01"]
+    assert p01.loc["night", "sampled_frames"] == 20 and p01.loc["day", "sampled_frames"] == 0
+    page = (out / "reports" / "sessions" / "p01-night.html").read_text()
+    assert "<th>times shown in</th><td>America/New_York</td>" in page and "2026-03-28 20:59:58 -04:00" in page
+    # Kept: another machine (or none set) shows the same; --timezone still wins, and is kept in its turn.
+    monkeypatch.setenv("TZ", "UTC")
+    assert CliRunner().invoke(app, ["report", str(out), "--workers", "0"]).exit_code == 0
+    assert json.loads((out / "clinical.json").read_text())["timezone"] == "America/New_York"
+    berlin = CliRunner().invoke(app, ["report", str(out), "--timezone", "Europe/Berlin", "--workers", "0"])
+    assert berlin.exit_code == 0, berlin.output
+    assert json.loads((out / "clinical.json").read_text())["timezone"] == "Europe/Berlin"
+    p01 = pd.read_parquet(out / "patients.parquet").set_index(["patient_id", "period"]).loc["P01"]
+    assert p01.loc["day", "sampled_frames"] == 20  # 01:59:58 to 03:00:04 in Berlin: not 20:30-21:30

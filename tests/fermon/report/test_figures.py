@@ -64,3 +64,45 @@ def test_the_page_places_every_figure_in_list_order(session: plots.SessionData) 
         assert section.index(figures[entry.key]) < section.index(f"<figcaption>{entry.caption}</figcaption>")
     # The share table follows its figure.
     assert html.index("share of covered time") > html.index(figures["shares"])
+
+
+@pytest.mark.parametrize(
+    "case, faces, identity, why",
+    [
+        ("blank", False, {}, "no face was detected in any sample"),
+        ("nobody matched", True, {"reference": {"matched": False, "distance": 0.71}}, "reference photo"),
+    ],
+)
+def test_a_session_without_a_target_face_says_so(
+    session: plots.SessionData, case: str, faces: bool, identity: dict, why: str
+) -> None:
+    """No 0% bars, no empty plots: a sentence saying why there is nothing to show."""
+    frame = pd.DataFrame(
+        {
+            "session_id": pd.array(["s"] * 3, "string"),
+            "video": pd.array(["v.mp4"] * 3, "string"),
+            "frame_index": [0, 2, 4],
+            "timestamp_s": [0.0, 0.2, 0.4],
+            "face_detected": [faces] * 3,
+            "is_target": [False] * 3,
+            "det_score": np.array([0.9 if faces else np.nan] * 3, np.float32),
+            "label": pd.Categorical(["neutral" if faces else None] * 3, categories=NAMES),
+            "confidence": np.array([0.8 if faces else np.nan] * 3, np.float32),
+            "prob_neutral": np.array([0.8 if faces else np.nan] * 3, np.float32),
+            "prob_happiness": np.array([0.2 if faces else np.nan] * 3, np.float32),
+        }
+    )
+    samples = target_samples(frame)
+    metadata = {**METADATA, "identity": identity, "class_names": NAMES}
+    row = summarize_session(samples, NAMES, metadata, QualityThresholds())
+    figures = plots.session_figures(samples, row, NAMES, 5.0, [])
+    html = pages.session_page(row, metadata, figures, [], thresholds_dict(QualityThresholds()))
+    assert "No target face was found in this session" in html and why in html
+    assert html.count("<svg") == (1 if faces else 0)  # only the coverage of any face, when there is one
+    assert "share of time with the target face" not in html and "share of covered time" not in html
+    assert "Expressions over time" not in html and "detection score and confidence" not in html
+    # A session with a target face has no such sentence.
+    full = plots.session_figures(session.samples, session.row, NAMES, session.fps, GAPS)
+    assert "No target face" not in pages.session_page(
+        session.row, METADATA, full, GAPS, thresholds_dict(QualityThresholds())
+    )

@@ -199,3 +199,51 @@ def test_process_options_for_reports(processed: Path, untrained_checkpoint: Path
     skipped = CliRunner().invoke(app, [*arguments, "--detector", "centerface"])
     assert skipped.exit_code == 0 and (tmp_path / "b" / "timelines" / "blank.parquet").is_file()
     assert not (tmp_path / "b" / "reports").exists() and not (tmp_path / "b" / "summary.parquet").exists()
+
+
+FER_PLUS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+# Written into the page's title once laid out: the document's width, the cohort table's right edge,
+# and how wide its scrolling box's content is against its visible width.
+WIDTH_PROBE = """<script>var t = document.querySelector("table.sortable"), box = t.parentElement;
+document.title = [document.documentElement.scrollWidth, Math.ceil(t.getBoundingClientRect().right),
+  box.scrollWidth, box.clientWidth].join(",");</script>"""
+
+
+def laid_out_widths(html: str, workdir: Path, width: int, height: int = 900) -> list[int]:
+    """The widths WIDTH_PROBE measures, in headless Chromium at this window size."""
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine: the pages are not opened in a browser (apt-get install chromium)")
+    path = workdir / "probe.html"
+    path.write_text(html.replace("</body>", f"{WIDTH_PROBE}</body>"), encoding="utf-8")
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={workdir / 'p'}",
+        f"--window-size={width},{height}", "--virtual-time-budget=2000", "--dump-dom", path.as_uri(),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    title = re.search(r"<title>([\d,]+)</title>", run.stdout)
+    assert title, run.stderr[-2000:]
+    return [int(v) for v in title.group(1).split(",")]
+
+
+def test_the_cohort_table_fits_a_1400_px_window(tmp_path: Path) -> None:
+    """Eight classes, every flag, long archive session ids, a start time: no sideways scrolling."""
+    from zoneinfo import ZoneInfo
+
+    from fermon.report import pages as html_pages
+
+    flags = "low_coverage;multiple_faces;low_confidence;low_detection_score;decode_gaps"
+    rows = []
+    for k, start in enumerate(["2026-10-24T23:30:00+00:00", "2026-10-25T00:30:00+00:00", "2026-10-25T01:30:00+00:00"]):
+        row = {"session_id": f"archive.zip__ward3__p0{k}-2026-10-24-night", "duration_s": 28800.0,
+               "sampled_frames": 144000, "coverage": 0.62, "dominant_expression": "happiness", "mean_confidence": 0.71,
+               "multi_face_share": 0.12, "start_time": start, "quality_flags": flags}  # fmt: skip
+        rows.append(row | {f"share_{c}": 0.125 for c in FER_PLUS})
+    index = html_pages.index_page(rows, FER_PLUS, [], zone=ZoneInfo("Europe/Berlin"))
+    document, table_right, content, visible = laid_out_widths(index, tmp_path, 1400)
+    assert document <= 1400 and table_right <= 1400 and content <= visible, (document, table_right, content, visible)
+    # The start column: on the wall clock in the display zone, which the header names; sorted by UTC.
+    assert "start (Europe/Berlin)" in index
+    assert '<span class="nowrap">2026-10-25</span> <span class="nowrap">01:30 CEST</span>' in index
+    assert '<span class="nowrap">2026-10-25</span> <span class="nowrap">02:30 CET</span>' in index  # an hour on
+    assert '<span class="nowrap">2026-10-25</span> <span class="nowrap">02:30 CEST</span>' in index
+    assert 'data-v="2026-10-24T23:30:00+00:00"' in index
