@@ -17,10 +17,12 @@ def write_video(
     fps: float = 10.0,
     codec: str = "libx264",
     creation_time: str | None = None,
+    crf: int = 28,
     extra_params: tuple[str, ...] = (),
 ) -> Path:
     """Write RGB uint8 frames (all of one even size) to an mp4/avi/mkv/mov file; ``creation_time`` (ISO
-    8601, e.g. ``2026-03-29T00:30:00Z``) goes into the container's header as a camera would write it;
+    8601, e.g. ``2026-03-29T00:30:00Z``) goes into the container's header as a camera would write it.
+    ``crf`` is libx264's quality (lower is better; 28 is a small file, 18 close to visually lossless);
     ``extra_params`` are further ffmpeg output options (a codec tag, metadata)."""
     import imageio_ffmpeg
 
@@ -30,7 +32,7 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio_ffmpeg.write_frames(
         str(path), (width, height), fps=fps, codec=codec, macro_block_size=1, quality=None,
-        output_params=(["-crf", "28", "-g", "10"] if codec == "libx264" else [])
+        output_params=(["-crf", str(crf), "-g", "10"] if codec == "libx264" else [])
         + (["-metadata", f"creation_time={creation_time}"] if creation_time else [])
         + list(extra_params),
     )  # fmt: skip
