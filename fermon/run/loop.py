@@ -21,6 +21,7 @@ from fermon.inputs.clock import SessionClock, known_starts, place_chunks
 from fermon.inputs.sessions import Session, VideoFile
 from fermon.people.appearance import TrackAppearance, TrackLook
 from fermon.run.options import ProcessOptions
+from fermon.run.stages import stage, timed, timed_items
 from fermon.run.timeline import SampledFaces
 from fermon.video import DecodeGap, VideoInfo, iter_batches, probe, read_ahead, sample_indices
 
@@ -63,13 +64,18 @@ class FaceRows:
         boxes = detections.boxes.astype(np.float32)
         self.boxes.append(boxes)
         self.scores.append(detections.scores.astype(np.float32))
-        crops = crop_faces(frame, detections.landmarks, self.spec) if len(detections) else np.zeros((0,))
+        with stage("crops"):
+            crops = crop_faces(frame, detections.landmarks, self.spec) if len(detections) else np.zeros((0,))
         # Geometry proposes, appearance may veto: a track never carries on into someone else.
-        proposal = self.tracker.propose(boxes, timestamp)
-        self.appearance.end(self.tracker.ended)
-        look = self.appearance.look(proposal, frame, detections.landmarks, crops)
-        ids = self.tracker.commit(proposal, look.veto)
-        self.appearance.record(proposal, look, ids)
+        with stage("tracking"):
+            proposal = self.tracker.propose(boxes, timestamp)
+        with stage("identity"):
+            self.appearance.end(self.tracker.ended)
+            look = self.appearance.look(proposal, frame, detections.landmarks, crops)
+        with stage("tracking"):
+            ids = self.tracker.commit(proposal, look.veto)
+        with stage("identity"):
+            self.appearance.record(proposal, look, ids)
         self.track_ids.append(ids)
         if len(detections):
             self._pending.append(crops)
@@ -87,20 +93,23 @@ class FaceRows:
         crops = np.concatenate(self._pending)
         cut = len(crops) - len(crops) % self.classifier.batch_size if whole_batches_only else len(crops)
         if cut:
-            self.probs.append(self.classifier.predict(crops[:cut]))
+            with stage("classifier"):
+                self.probs.append(self.classifier.predict(crops[:cut]))
         self._pending = [crops[cut:]] if cut < len(crops) else []
         self._pending_count = len(crops) - cut
 
     def end_tracks(self, reason: str) -> None:
         """End every live track: the video ended, or decoding skipped part of it (``reason``)."""
         ended = self.tracker.end_all()
-        self.appearance.end(ended)
+        with stage("identity"):
+            self.appearance.end(ended)
         self.ends[reason] += len(ended)
 
     def looks(self) -> dict[int, TrackLook]:
         """Each embedded track's look, once the session's samples are all in (in memory only)."""
-        self.appearance.end(self.tracker.end_all())
-        return self.appearance.finish()
+        with stage("identity"):
+            self.appearance.end(self.tracker.end_all())
+            return self.appearance.finish()
 
     def sampled(self, classes: int) -> SampledFaces:
         probs = np.concatenate(self.probs) if self.probs else np.zeros((0, classes), np.float32)
@@ -158,7 +167,8 @@ def _detect_videos(
 ) -> tuple[list[dict], list[dict], list[dict[str, str]]]:
     from fermon.faces.detector import available_cores, detect_in_parallel, detect_tracked, detect_whole
 
-    good, failed_videos = _probe_all(session)
+    with stage("decode"):
+        good, failed_videos = _probe_all(session)
     clock = _session_clock(session, good)
     progress = _Throttle(on_progress, sum(info.duration_s for _, _, info, _ in good))
     progress(0.0, final=True)
@@ -169,9 +179,12 @@ def _detect_videos(
         video_gaps: list[DecodeGap] = []
         # Decoding runs one thread ahead; detection runs on the remaining cores, in input order.
         batches = read_ahead(
-            iter_batches(video, sample_indices(starts, options.fps), starts, video_gaps, options.segment_samples)
+            timed_items(
+                "decode",
+                iter_batches(video, sample_indices(starts, options.fps), starts, video_gaps),
+            )
         )
-        detect = partial(detect_whole if options.whole_frames else detect_tracked, detector)
+        detect = timed("detection", partial(detect_whole if options.whole_frames else detect_tracked, detector))
         gaps_seen = 0
         for batch, found in detect_in_parallel(detect, batches, options.threads or available_cores()):
             if STOP.is_set():

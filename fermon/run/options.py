@@ -14,7 +14,6 @@ from fermon.errors import InputError, UsageError
 from fermon.faces.detector import DEFAULT_MIN_FACE
 from fermon.faces.runtime import PRECISIONS
 from fermon.faces.track import TARGET_MODES
-from fermon.video import SEGMENT_SAMPLES
 
 SESSION_MODES = ("file", "folder")
 DEVICES = ("auto", "cpu", "cuda")
@@ -42,7 +41,6 @@ class ProcessOptions:
     precision: str = "auto"  # the networks' number format (fermon.faces.runtime.network_dtype)
     batch_size: int = DEFAULT_BATCH_SIZE
     session_by: str = "file"
-    segment_samples: int = SEGMENT_SAMPLES
     threads: int | None = None  # detection threads per worker; None: the cores available
     target_reference: str | None = None  # a photo of the patient: the person nearest it is the target
     identity: bool = True  # False: no face-recognition model; tracks join into persons by position only
@@ -58,7 +56,7 @@ class ProcessOptions:
             raise UsageError("--session-by must be 'file' or 'folder'")
         if not 0 < self.threshold < 1:
             raise UsageError(f"--threshold must be between 0 and 1 (exclusive), not {self.threshold:g}")
-        if self.batch_size < 1 or self.segment_samples < 1:
+        if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         if not math.isfinite(self.min_face) or self.min_face <= 0:
             raise UsageError("--min-face must be a positive width in pixels")

@@ -4,13 +4,15 @@ bad, unreadable, to do), and refused archive members as failed inputs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+from fermon.errors import StorageError
 from fermon.inputs import storage
 from fermon.inputs.discover import session_id_for
 from fermon.inputs.sessions import Refusal, Session
 from fermon.run.ledger import Ledger, LedgerEntry, file_fingerprint, json_fingerprint
-from fermon.run.session import FAILED_INPUT, SessionResult
+from fermon.run.session import FAILED_INPUT, FAILED_RUN, SessionResult
 
 
 @dataclass
@@ -27,8 +29,10 @@ def input_fingerprint(session: Session) -> tuple[str, str | None]:
     An unreadable file is fingerprinted by what stat says of it, so that an unchanged one is known
     to be bad on the next night and a changed one (new permissions, new content) is retried."""
     try:
-        files = [[v.relative, file_fingerprint(v.path)] for v in session.videos]
+        files = [[v.relative, storage.retrying(partial(_fingerprint, v.path))] for v in session.videos]
         return json_fingerprint(files + _clinical_fingerprint(session)), None
+    except StorageError:
+        raise
     except OSError as error:
         try:
             stats = [[v.relative, *_size_and_mtime(v.path)] for v in session.videos]
@@ -38,8 +42,23 @@ def input_fingerprint(session: Session) -> tuple[str, str | None]:
         return f"unreadable-{json_fingerprint(stats)}", f"{session.videos[0].relative}: unreadable ({reason})"
 
 
+def _fingerprint(location: Path | str) -> str:
+    """A file's fingerprint; a store's passing failure (a timeout, a 5xx) is a StorageError, to be
+    retried, never a verdict on the file."""
+    try:
+        return file_fingerprint(location)
+    except OSError as error:
+        if storage.is_url(location) and storage.is_transient(error):
+            raise StorageError(f"{storage.shown(str(location))}: the store failed while reading ({error})") from error
+        raise
+
+
 def content_fingerprint(session: Session) -> str:
-    return input_fingerprint(session)[0]
+    """The fingerprint of a session's videos; one that the store could not read matches nothing."""
+    try:
+        return input_fingerprint(session)[0]
+    except StorageError:
+        return "store-unavailable"
 
 
 def _clinical_fingerprint(session: Session) -> list:
@@ -62,7 +81,11 @@ def plan(
 ) -> Planned:
     planned = Planned()
     for session in sessions:
-        input_fp, unreadable = input_fingerprint(session)
+        try:
+            input_fp, unreadable = input_fingerprint(session)
+        except StorageError as error:  # the machine's failure: recorded, and retried by the next run
+            planned.unreadable.append((SessionResult(session.session_id, "failed", str(error), FAILED_RUN), ""))
+            continue
         retry_chunks = retry and ledger.has_failed_chunks(session.session_id)  # a folder's bad chunk, retried
         if not force and not retry_chunks and ledger.is_done(session.session_id, input_fp, config_fp, out_dir):
             planned.up_to_date.append(session.session_id)

@@ -26,6 +26,7 @@ from fermon.people.appearance import TrackLook
 from fermon.run.loop import STOP, FaceRows, ProgressSink, SessionStoppedError, detect_session
 from fermon.run.models import cached_embedder, cached_models, cached_reference
 from fermon.run.options import ModelIdentity, ProcessOptions
+from fermon.run.stages import stage
 from fermon.run.timeline import build_table, face_columns, timeline_path, write_atomic
 
 __all__ = ["FAILED_INPUT", "FAILED_RUN", "STOP", "SessionResult", "SessionStoppedError", "process_session"]
@@ -141,7 +142,8 @@ def process_session(
         class_names = list(identity.class_names)
         faces = rows.sampled(len(class_names))
         frame_size = (int(infos[0]["height"]), int(infos[0]["width"]))
-        persons = _persons(rows, options, frame_size, reference)
+        with stage("identity"):
+            persons = _persons(rows, options, frame_size, reference)
         names = [video.relative for video in session.videos]
         columns = face_columns(
             session.session_id, names, faces, persons.track_ids, persons.is_target, class_names, persons.person_ids
@@ -150,9 +152,10 @@ def process_session(
         metadata["samples"] = _sample_facts(rows)
         metadata["identity"] = persons.footer
         metadata["precision"] = {"classifier": classifier.precision, "embedder": embedder and embedder.precision}
-        table = build_table(columns, class_names, metadata)
-        path = timeline_path(Path(out_dir), session.session_id)
-        write_atomic(table, path)
+        with stage("parquet"):
+            table = build_table(columns, class_names, metadata)
+            path = timeline_path(Path(out_dir), session.session_id)
+            write_atomic(table, path)
     except SessionStoppedError:
         raise
     except InputError as error:  # the file itself: unreadable, empty, corrupt

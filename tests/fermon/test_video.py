@@ -90,8 +90,8 @@ def test_segments_reopen_without_changing_frames(media: Path) -> None:
     video = VideoFile(media / "long.mp4", "long.mp4")
     _, starts = probe(video)
     indices = sample_indices(starts, 5)
-    whole = np.concatenate([b.frames for b in iter_batches(video, indices, starts, [], segment=1000)])
-    pieces = list(iter_batches(video, indices, starts, [], segment=7, batch=3))
+    whole = np.concatenate([b.frames for b in iter_batches(video, indices, starts, [])])
+    pieces = list(iter_batches(video, indices, starts, [], batch=3))
     assert np.array_equal(np.concatenate([b.frame_indices for b in pieces]), indices)
     assert np.array_equal(np.concatenate([b.frames for b in pieces]), whole)
 

@@ -5,6 +5,7 @@ reads time out on demand, as a flaky object store's do."""
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 
@@ -60,9 +61,18 @@ class FlakyStore(MemoryFileSystem):
         return super().size(path)
 
     def _open(self, path, mode="rb", **kwargs):
-        if "r" in mode:
-            self._read()
-        return super()._open(path, mode, **kwargs)
+        if "r" not in mode:
+            return super()._open(path, mode, **kwargs)
+        self._read()
+        return FlakyFile(super()._open(path, mode, **kwargs).getvalue())
+
+
+class FlakyFile(io.BytesIO):
+    """An opened object whose reads (a decoder's, by ranges) fail with the store."""
+
+    def read(self, size: int = -1) -> bytes:
+        FlakyStore._read(ranged=True)
+        return super().read(size)
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +86,10 @@ def flaky(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
-    frames = moving_face_frames(astronaut_face(astronaut), 6, 10)
+    """A face over sensor noise: a file of about a megabyte, which a decoder reads in many pieces."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(f + rng.normal(0, 40, f.shape), 0, 255).astype(np.uint8)
+              for f in moving_face_frames(astronaut_face(astronaut), 6, 10)]  # fmt: skip
     return write_video(tmp_path_factory.mktemp("flaky") / "face.mp4", frames, creation_time="2026-03-29T00:59:58Z")
 
 
@@ -89,9 +102,9 @@ def upload(clip: Path, key: str) -> VideoFile:
 def decoded(video: VideoFile, failures: int = 0) -> tuple[np.ndarray, list]:
     """The sampled frames and decode gaps; ``failures`` reads time out once decoding is under way."""
     _, starts = probe(video)
-    FlakyStore.fail(failures, after_reads=3)
+    FlakyStore.fail(failures, after_reads=10)
     gaps: list = []
-    frames = [b.frames for b in iter_batches(video, sample_indices(starts, 5), starts, gaps, segment=8, batch=4)]
+    frames = [b.frames for b in iter_batches(video, sample_indices(starts, 5), starts, gaps, batch=4)]
     return np.concatenate(frames), gaps
 
 
@@ -125,7 +138,7 @@ def test_a_session_that_meets_an_outage_is_retried_by_the_next_run(
 ) -> None:
     upload(clip, "night")
     options = ProcessOptions(checkpoint=str(untrained_checkpoint), detector="centerface", device="cpu")
-    FlakyStore.fail(10_000, after_reads=1, ranged_only=True)  # the store goes down after the probe
+    FlakyStore.fail(10_000, after_reads=30, ranged_only=True)  # the store goes down while decoding
     first = run_process(["flaky://ward/night"], tmp_path, options, workers=0)
     assert [(r.session_id, r.failure_kind) for r in first.failed] == [("face", FAILED_RUN)]
     assert "the store failed while reading" in first.failed[0].error
@@ -138,3 +151,15 @@ def test_a_session_that_meets_an_outage_is_retried_by_the_next_run(
     assert [r.session_id for r in second.done] == ["face"] and not second.done[0].gaps
     rows = pd.read_parquet(tmp_path / "timelines")
     assert rows["face_detected"].sum() > 0
+
+
+def test_a_store_that_fails_while_fingerprinting_is_not_a_bad_input(
+    clip: Path, untrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    upload(clip, "early")
+    options = ProcessOptions(checkpoint=str(untrained_checkpoint), detector="centerface", device="cpu")
+    FlakyStore.fail(10_000, ranged_only=True)  # down before the first read of the video
+    summary = run_process(["flaky://ward/early"], tmp_path, options, workers=0)
+    assert [(r.failure_kind, r.error.split(":")[0]) for r in summary.failed] == [(FAILED_RUN, "flaky")]
+    assert "the store failed while reading" in summary.failed[0].error
+    assert not summary.known_bad

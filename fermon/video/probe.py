@@ -1,24 +1,20 @@
-"""Stage: probe videos and decode sampled frames in bounded segments with decord.
+"""Probe a video with decord: open it (a one-line reason when it does not open), its container facts
+and every frame's start time, read from its index without decoding the frames.
 
-decord leaks native memory on long videos and raises on damaged stretches, so the reader is reopened
-per segment and frames are fetched in small batches; a batch that fails is skipped and reported.
+decord reads a file's whole packet index on opening, which gives exact frame times cheaply; for an
+object in a store it reads through fermon's loopback relay (:mod:`fermon.inputs.relay`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
-import queue
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
@@ -26,9 +22,6 @@ from fermon.errors import DataError, InputError, StorageError
 from fermon.inputs import relay, storage
 from fermon.inputs.containers import codec_of
 from fermon.inputs.sessions import VideoFile
-
-SEGMENT_SAMPLES = 600  # sampled frames per VideoReader instance
-BATCH_SAMPLES = 8  # frames per get_batch call: the unit that is skipped when decoding fails
 
 # decord prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ", sometimes twice.
 _LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
@@ -46,26 +39,6 @@ class VideoInfo:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-@dataclass
-class FrameBatch:
-    """Sampled frames decoded together: indices into the video, container timestamps, RGB pixels."""
-
-    frame_indices: np.ndarray  # int64 (B,)
-    timestamps_s: np.ndarray  # float64 (B,), seconds from the video's start
-    frames: np.ndarray  # uint8 (B, H, W, 3)
-
-
-@dataclass
-class DecodeGap:
-    """A stretch of sampled frames that could not be decoded and was skipped."""
-
-    first_frame: int
-    last_frame: int
-    start_s: float
-    end_s: float
-    reason: str
 
 
 def decoder_reason(raw: str, head: bytes = b"") -> str:
@@ -93,12 +66,12 @@ def _unreadable(video: VideoFile, error: BaseException) -> DataError:
     if not storage.is_url(video.path):
         with open(video.path, "rb") as handle:
             head = handle.read(12)
-    raw = _first_line(error, video)
+    raw = first_line(error, video)
     return DataError(f"{video.relative}: not a readable video: {decoder_reason(raw, head)}", detail=raw)
 
 
-def _first_line(error: BaseException, video: VideoFile) -> str:
-    """The first line of a decord error, without the absolute path it embeds."""
+def first_line(error: BaseException, video: VideoFile) -> str:
+    """The first line of a decoder's error, without the absolute path it embeds."""
     text = _LOG_PREFIX.sub("", str(error)).strip().splitlines()
     line = (text[0] if text else type(error).__name__).replace(str(video.path), video.relative)
     if not storage.is_url(video.path):
@@ -171,7 +144,7 @@ def _open_remote_reader(video: VideoFile):
         raise InputError(f"{video.relative}: no such file") from error
     except OSError as error:
         if storage.is_transient(error):
-            raise _store_failed(video, f"{type(error).__name__}: {error}".splitlines()[0][:200]) from error
+            raise store_failed(video, f"{type(error).__name__}: {error}".splitlines()[0][:200]) from error
         raise InputError(f"{video.relative}: unreadable ({error})") from error
     if size == 0:
         raise DataError(f"{video.relative}: empty file")
@@ -182,7 +155,7 @@ def _open_remote_reader(video: VideoFile):
     except (RuntimeError, decord.DECORDError) as error:
         source.close()
         if source.error is not None:  # the store failed, not the video
-            raise _store_failed(video, source.error) from error
+            raise store_failed(video, source.error) from error
         raise _unreadable(video, error) from error
     reader.fermon_source = source  # served for as long as the reader lives
     if len(reader) == 0:
@@ -190,7 +163,7 @@ def _open_remote_reader(video: VideoFile):
     return reader
 
 
-def _store_failed(video: VideoFile, reason: str) -> StorageError:
+def store_failed(video: VideoFile, reason: str) -> StorageError:
     tries = len(storage.RETRY_DELAYS_S) + 1
     return StorageError(
         f"{video.relative}: the store failed while reading ({reason}); tried {tries} times, the next run tries again"
@@ -219,12 +192,12 @@ def _probe_once(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
         fps = float(reader.get_avg_fps())
     except (RuntimeError, decord.DECORDError) as error:
         if (failure := _store_error(reader)) is not None:
-            raise _store_failed(video, failure) from error
+            raise store_failed(video, failure) from error
         raise
     failure = _store_error(reader)
     del reader
     if failure is not None:  # read through a failing store: the index may be incomplete
-        raise _store_failed(video, failure)
+        raise store_failed(video, failure)
     starts = stamps[:, 0]
     duration = float(stamps[-1, 1]) if count else 0.0
     size = storage.size_of(video.path)
@@ -252,138 +225,3 @@ def _frame_size(reader) -> tuple[int, int]:
     shape = reader[0].shape
     reader.seek(0)
     return int(shape[0]), int(shape[1])
-
-
-def release_freed_memory() -> None:
-    """Hand memory that is already free back to the OS (glibc's malloc_trim; nothing elsewhere).
-
-    Frames are allocated by the decoding thread and freed by others, which leaves glibc's per-thread
-    arenas holding freed pages: over an hour the resident size wanders upwards without a leak."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, loaded once; None where there is no glibc."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def sample_indices(starts: np.ndarray, fps: float) -> np.ndarray:
-    """Frames to sample: every frame for fps 0, else the first frame at or after each multiple of 1/fps."""
-    if fps <= 0:
-        return np.arange(len(starts), dtype=np.int64)
-    # decord gives times as float32 (1.8 s reads 1.79999995; an hour in, the step is ~0.2 ms), and
-    # containers round them to their time base: 1 ms of tolerance absorbs both.
-    tolerance = 1e-3
-    count = int(np.floor((float(starts[-1]) + tolerance) * fps)) + 1
-    times = np.arange(count, dtype=np.float64) / fps
-    indices = np.searchsorted(starts, times - tolerance, side="left")
-    indices = indices[indices < len(starts)]
-    return np.unique(indices).astype(np.int64)
-
-
-def iter_batches(
-    video: VideoFile,
-    indices: np.ndarray,
-    starts: np.ndarray,
-    gaps: list[DecodeGap],
-    segment: int = SEGMENT_SAMPLES,
-    batch: int = BATCH_SAMPLES,
-) -> Iterator[FrameBatch]:
-    """Decode the sampled frames in order; memory is bounded by one batch and one reader."""
-    for seg_start in range(0, len(indices), segment):
-        reader = open_reader(video)  # a fresh reader per segment: decord's native memory grows otherwise
-        segment_indices = indices[seg_start : seg_start + segment]
-        failed_before = False
-        for start in range(0, len(segment_indices), batch):
-            chunk = segment_indices[start : start + batch]
-            reader, frames, error = _decode_chunk(video, reader, chunk)
-            if error is not None:
-                if failed_before:  # one gap record per damaged stretch, not per batch
-                    gaps[-1].last_frame, gaps[-1].end_s = int(chunk[-1]), float(starts[chunk[-1]])
-                else:
-                    first, last = int(chunk[0]), int(chunk[-1])
-                    reason = _first_line(error, video)
-                    gaps.append(DecodeGap(first, last, float(starts[first]), float(starts[last]), reason))
-                failed_before = True
-                del reader
-                reader = open_reader(video)  # the reader may be left mid-seek after an error
-                continue
-            failed_before = False
-            yield FrameBatch(chunk.astype(np.int64), starts[chunk].astype(np.float64), frames)
-        del reader
-        release_freed_memory()
-
-
-def _decode_chunk(video: VideoFile, reader, chunk: np.ndarray):
-    """(reader, frames, None), or (reader, None, the decoder's error) for a damaged stretch. A store's
-    failure is no damage: the chunk is read again on a fresh reader with backoff, and a failure that
-    persists raises StorageError (the session fails, to be retried), never a silent decode gap."""
-    import decord
-
-    for delay in (*storage.RETRY_DELAYS_S, None):
-        frames, error = None, None
-        try:
-            frames = reader.get_batch(chunk.tolist()).asnumpy()
-        except (decord.DECORDError, RuntimeError) as caught:
-            error = caught
-        failure = _store_error(reader)
-        if failure is None:
-            return reader, frames, error
-        if delay is None:
-            raise _store_failed(video, failure)
-        time.sleep(delay)
-        reader = open_reader(video)  # the failed one is dropped, and its relay source with it
-    raise AssertionError("unreachable")
-
-
-Item = TypeVar("Item")
-_END = object()
-
-
-def read_ahead(items: Iterator[Item], depth: int = 2) -> Iterator[Item]:
-    """Run ``items`` in a background thread, at most ``depth`` ahead of the consumer.
-
-    decord decodes with the GIL released, so decoding the next batches overlaps detection of this
-    one. An exception in the producer is raised in the consumer; a consumer that stops early stops
-    the producer at its next item, so no thread outlives the loop.
-    """
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as error:  # handed to the consumer, which raises it
-            put(error)
-
-    thread = threading.Thread(target=produce, name="fermon-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
