@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ TRIM_SAMPLES = 600  # hand freed memory back to the OS after this many sampled f
 # decord gives times as float32 (1.8 s reads 1.79999995; an hour in, the step is ~0.2 ms), and
 # containers round them to their time base: 1 ms of tolerance absorbs both.
 TIME_TOLERANCE_S = 1e-3
+_ERRNO = re.compile(r"^\[Errno -?\d+\] ")  # PyAV's prefix to FFmpeg's own words
 
 
 @dataclass
@@ -81,7 +83,8 @@ def iter_batches(
         place = int(np.searchsorted(wanted, index))
         if place > position:  # sampled frames before this one never came out of the decoder
             gaps.append(_gap(wanted[position:place], starts, last_error))
-        position, last_error = place + 1, None
+            last_error = None  # the decoder reports a damaged packet before the frames it costs
+        position = place + 1
         pending.append((index, pixels))
         if len(pending) == batch:
             yield _batch(pending, starts)
@@ -152,7 +155,7 @@ def _decode_from(
             except StopIteration:
                 return
             except av.FFmpegError as error:  # a damaged packet: its frames are lost, the rest go on
-                yield -1, None, first_line(error, video)
+                yield -1, None, f"damaged video data ({_ERRNO.sub('', first_line(error, video))})"
                 if isinstance(error, av.EOFError):
                     return
                 continue
