@@ -1,19 +1,32 @@
-"""Backbones of fermon's own, registered in timm's model registry.
+"""Backbones of fermon's own, built without timm and registered in timm's model registry on demand.
 
-``timm.create_model("fermon_vgg", ...)`` (and ``"dlib_resnet"``, from :mod:`fermon.people.dlib_resnet`) then
-works like any timm name, so the model builder never branches on where a backbone comes from.
+The model builder makes fermon's own backbones (``fermon_vgg``, and ``dlib_resnet`` from
+:mod:`fermon.people.dlib_resnet`) directly: importing timm imports torchvision and torch._dynamo,
+three seconds of every run's start-up for a model that needs none of them. :func:`register_with_timm`
+registers them, so that ``timm.create_model("fermon_vgg", ...)`` works like any timm name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.models import register_model
 from torch import nn
 
-import fermon.people.dlib_resnet  # noqa: F401  (registers dlib_resnet, dlib's face-recognition ResNet, with timm)
+from fermon.people.dlib_resnet import dlib_resnet
+
+# name -> constructor, with timm's signature: (pretrained=False, num_classes=..., in_chans=..., **kwargs)
+OWN_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_with_timm() -> None:
+    """Register fermon's own backbones in timm's registry (once; importing timm is the cost)."""
+    from timm.models import is_model, register_model
+
+    for name, constructor in OWN_BACKBONES.items():
+        if not is_model(name):
+            register_model(constructor)
 
 
 def _conv_bn_relu(in_chans: int, out_chans: int) -> nn.Sequential:
@@ -67,7 +80,6 @@ class VggFace(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
 def fermon_vgg(pretrained: bool = False, **kwargs: Any) -> VggFace:
     """fermon's small face CNN; there are no pretrained weights for it outside fermon's checkpoints."""
     for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
@@ -75,3 +87,6 @@ def fermon_vgg(pretrained: bool = False, **kwargs: Any) -> VggFace:
     if pretrained:
         raise ValueError("fermon_vgg has no pretrained weights; load a fermon checkpoint instead")
     return VggFace(**kwargs)
+
+
+OWN_BACKBONES.update(fermon_vgg=fermon_vgg, dlib_resnet=dlib_resnet)

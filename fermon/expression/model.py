@@ -13,13 +13,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fermon.expression.backbones  # noqa: F401  (registers fermon's own backbones with timm)
 from fermon.errors import ModelError
+from fermon.expression.backbones import OWN_BACKBONES, register_with_timm
 from fermon.expression.vocab import load_data_file
 
 CLIP_LOGIT_SCALE = 100.0
@@ -62,6 +61,8 @@ def load_architecture(name: str, input_size: int | None = None) -> Architecture:
     try:
         config = dict(load_data_file(f"architectures/{name}.json"))
     except FileNotFoundError:
+        import timm
+
         if name not in timm.list_models():
             raise ModelError(f"unknown architecture '{name}': neither a fermon config nor a timm model") from None
         config = dict(load_data_file("architectures/resnet18_112.json"), backbone=name, backbone_kwargs={})
@@ -72,14 +73,22 @@ def load_architecture(name: str, input_size: int | None = None) -> Architecture:
 
 
 def create_backbone(architecture: Architecture) -> tuple[nn.Module, int]:
-    """The architecture's timm backbone without a classifier, and the width of its pooled feature."""
-    backbone = timm.create_model(
-        architecture.backbone,
-        pretrained=False,
-        num_classes=0,
-        in_chans=architecture.in_chans,
-        **architecture.backbone_kwargs,
-    )
+    """The architecture's backbone without a classifier (fermon's own, or timm's), and the width of
+    its pooled feature."""
+    own = OWN_BACKBONES.get(architecture.backbone)
+    if own is not None:  # without importing timm (see fermon.expression.backbones)
+        backbone = own(pretrained=False, num_classes=0, in_chans=architecture.in_chans, **architecture.backbone_kwargs)
+    else:
+        import timm
+
+        register_with_timm()
+        backbone = timm.create_model(
+            architecture.backbone,
+            pretrained=False,
+            num_classes=0,
+            in_chans=architecture.in_chans,
+            **architecture.backbone_kwargs,
+        )
     # Models with a pre-logits layer (MobileNetV3, ...) pool to head_hidden_size, not num_features.
     return backbone, int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 

@@ -49,11 +49,17 @@ def scaled_size(height: int, width: int, scale: float, stride: int = 32) -> tupl
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices of the boxes torchvision's NMS keeps, best score first."""
-    import torch
-    import torchvision
+    """Indices of the boxes that non-maximum suppression keeps, best score first: OpenCV's NMS, which
+    keeps what torchvision's does (the same IoU, the same ties; tests/fermon/faces) without importing
+    torchvision, whose import (torch._dynamo with it) costs seconds of every run's start-up."""
+    import cv2
 
-    return torchvision.ops.nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), iou).numpy()
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    rects = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
+    # Every detection has a positive score: 0 filters nothing (OpenCV refuses a negative one).
+    kept = cv2.dnn.NMSBoxes(rects.tolist(), np.asarray(scores, np.float64).tolist(), 0.0, float(iou))
+    return np.asarray(kept, np.int64).reshape(-1)
 
 
 def merge(parts: list[Detections], shape: tuple[int, ...], iou: float) -> Detections:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
 from torch import nn
 
 from fermon.errors import ModelError
@@ -274,7 +273,6 @@ def dlib_input(chips: np.ndarray, means: Sequence[float] = DLIB_MEANS) -> torch.
     return (batch - torch.tensor(means, dtype=torch.float32).view(1, 3, 1, 1)) / DLIB_INPUT_SCALE
 
 
-@register_model
 def dlib_resnet(pretrained: bool = False, **kwargs: Any) -> DlibResNet:
     """dlib's face-recognition ResNet; ``pretrained=True`` loads the installed package's weights."""
     for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):

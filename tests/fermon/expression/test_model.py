@@ -60,3 +60,29 @@ def test_cross_entropy_baseline_learns_its_class_embeddings() -> None:
 def test_unknown_architecture_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="no_such_net"):
         load_architecture("no_such_net")
+
+
+def test_the_default_model_loads_without_importing_timm_or_torchvision() -> None:
+    """timm imports torchvision and torch._dynamo: seconds of every run's start-up, for nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fermon.expression.classify import ExpressionClassifier; "
+        "from fermon.faces.detector import CenterFaceDetector; import numpy as np; "
+        "ExpressionClassifier.load('default', device='cpu'); "
+        "CenterFaceDetector().detect([np.zeros((64, 64, 3), np.uint8)]); "
+        "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_own_backbones_are_registered_with_timm_on_demand() -> None:
+    import timm
+
+    from fermon.expression.backbones import register_with_timm
+
+    register_with_timm()
+    register_with_timm()  # twice is harmless
+    assert timm.create_model("fermon_vgg", num_classes=0, in_chans=1).num_features == 256

