@@ -64,11 +64,13 @@ def print_stage_table(table: dict) -> None:
 
 def process_seconds(video: Path, fps: float, extra: list[str], tree: Path | None = None) -> float:
     """Wall time of one ``fermon process`` in a fresh process; ``tree``: the fermon of another checkout."""
+    # ``python -c`` puts the working folder first on sys.path: the other checkout's fermon is found
+    # by running there (PYTHONPATH alone would lose to this checkout's).
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())} if tree else None
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        command = [*FERMON, "process", str(video), "--out", out, "--fps", str(fps), "--no-report", "--quiet", *extra]
-        subprocess.run(command, check=True, env=env)
+        command = [*FERMON, "process", str(video.resolve()), "--out", out, "--fps", str(fps), "--no-report", "--quiet"]
+        subprocess.run([*command, *extra], check=True, env=env, cwd=tree.resolve() if tree else None)
         return time.perf_counter() - started
 
 
