@@ -43,6 +43,21 @@ def decode_seconds(video: Path) -> float:
     return time.perf_counter() - started
 
 
+def machine() -> dict[str, object]:
+    """The CPU's model and the features that decide precision and speed (Linux's /proc/cpuinfo)."""
+    facts: dict[str, object] = {"processor": platform.machine(), "python": platform.python_version()}
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return facts
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    facts["cpu"] = fields.get("model name", "")
+    facts["cores"] = os.cpu_count()
+    facts["features"] = sorted(flags & {"amx_tile", "avx512_bf16", "avx512f", "avx512_vnni", "avx2"})
+    return facts
+
+
 def stage_table(video: Path, fps: float) -> dict[str, object]:
     """One run in this process under the stage profiler: where the CPU goes, and which core idles."""
     with tempfile.TemporaryDirectory() as out, profiling() as profile:
@@ -95,7 +110,7 @@ def main() -> None:
     record = {
         "video": args.video.name,
         "video_info": info.to_dict(),
-        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": machine(),
         "fps": args.fps,
         "options": args.extra,
         "decode_s": decode,
