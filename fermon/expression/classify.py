@@ -32,7 +32,7 @@ def cpu_has_amx() -> bool:
 
 def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast precision for inference under fermon's one rule (:func:`network_dtype`), None for
-    float32. For the default model, bfloat16 moves probabilities by at most 0.003."""
+    float32. For the default model, bfloat16 moves probabilities by 0.0004 on average (FERPlus validation)."""
     dtype = network_dtype(precision, device)
     return None if dtype is torch.float32 else dtype
 
@@ -47,7 +47,7 @@ def batched_logits(
 ) -> np.ndarray:
     """Raw (uncalibrated) logits for many crops, in batches."""
     device = torch.device(device)
-    weights_dtype = next(model.parameters()).dtype
+    weights_dtype = next(model.backbone.parameters()).dtype  # the input goes to the backbone
     out = []
     for start in range(0, len(images), batch_size):
         batch = normalise_batch(images[start : start + batch_size], model.architecture, device).to(weights_dtype)
@@ -79,8 +79,10 @@ class ExpressionClassifier:
         self.temperature, self.class_bias = checkpoint.temperature, checkpoint.class_bias
         if self.autocast_dtype is torch.bfloat16:
             # bfloat16 weights rather than autocast: autocast re-casts the weights on every call,
-            # which costs as much as the convolutions for small batches.
-            self.model = self.model.to(torch.bfloat16)
+            # which costs as much as the convolutions for small batches. The backbone only: the head
+            # (projection, class embeddings, logit scale ~100) stays float32, where bfloat16's 8-bit
+            # mantissa moved probabilities by up to 0.04 on FERPlus validation faces.
+            self.model.backbone.to(torch.bfloat16)
             self.autocast_dtype = None
 
     @classmethod

@@ -142,12 +142,14 @@ class KE2NT(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """The visual feature ``f_e`` (not normalised), shape (batch, text dim)."""
-        return self.projection(self.backbone(images))
+        features = self.backbone(images)
+        # The head runs in its own precision: a bfloat16 backbone hands float32 on (see classify.py).
+        return self.projection(features.to(self.projection[0].weight.dtype))
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         image = F.normalize(features.float(), dim=-1)
         text = F.normalize(self.class_embeddings.float(), dim=-1)
-        return self.logit_scale.exp() * image @ text.t()
+        return self.logit_scale.float().exp() * image @ text.t()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits_from_features(self.encode_image(images))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fermon.errors import UsageError
@@ -16,8 +18,8 @@ if TYPE_CHECKING:
 
 DEFAULT_THRESHOLD = 0.5
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-# bfloat16 is chosen on a CPU only where it is clearly faster than float32: natively (AMX, AVX512-BF16)
-# it is 2-3x faster, emulated (AVX512 without BF16) slower. 1.3x leaves room for a noisy machine.
+# Where no CPU flags say (not x86), bfloat16 is chosen only where a timed convolution runs clearly
+# faster than float32: natively it is 2-3x faster, emulated slower. 1.3x leaves room for noise.
 BFLOAT16_MIN_SPEEDUP = 1.3
 
 
@@ -61,8 +63,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def network_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The one precision rule for every network (classifier, face embedder, training): ``auto`` is
-    float16 on CUDA and, on a CPU, bfloat16 where it runs clearly faster than float32 (timed once per
-    process), else float32. An explicit precision the device cannot run is a usage error."""
+    float16 on CUDA and, on a CPU, bfloat16 where the CPU runs it natively (:func:`cpu_bfloat16_is_fast`),
+    else float32. An explicit precision the device cannot run is a usage error."""
     import torch
 
     if precision not in PRECISIONS:
@@ -78,14 +80,36 @@ def network_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 @functools.cache
 def cpu_bfloat16_is_fast() -> bool:
-    """Whether a bfloat16 convolution runs at least ``BFLOAT16_MIN_SPEEDUP`` times faster than float32
-    here, on one thread. Timed (about 0.1 s, once per process) rather than read from CPU flags:
-    oneDNN reports bfloat16 support on CPUs that only emulate it, where it is slower than float32."""
+    """Whether this CPU runs bfloat16 convolutions natively, clearly faster than float32.
+
+    On x86 the CPU's own flags decide: AMX or AVX512-BF16 run bfloat16 natively (2-3x float32);
+    without them oneDNN still reports bfloat16 support, but emulates it, slower than float32. Flags,
+    not a timing, wherever they are known: every process of a run (a cluster's workers and the
+    client) must choose alike, and a timing on a busy machine need not. Elsewhere (ARM, or no
+    /proc/cpuinfo) a convolution is timed once per process (about 0.1 s)."""
     import torch
 
     if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
+    flags = _x86_flags()
+    if flags is not None:
+        return bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
     return _bfloat16_speedup() >= BFLOAT16_MIN_SPEEDUP
+
+
+def _x86_flags() -> set[str] | None:
+    """The CPU's feature flags on x86 Linux, or None where they are not known."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
 
 
 def _bfloat16_speedup(rounds: int = 5) -> float:

@@ -12,10 +12,8 @@ clone (the tarball, or its unpacked ``data/FER2013Valid``) and is skipped, sayin
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,12 +22,9 @@ import pytest
 
 from fermon.expression.classify import ExpressionClassifier
 from fermon.run.process import ProcessOptions, run_process
+from tests.ferplus import balanced_subset, ferplus_valid_root
 from tests.videos import GREY, write_video
-from training.datasets import LabelledFaces, read_ferplus
-
-REPOSITORY = Path(__file__).resolve().parents[3]
-FERPLUS = REPOSITORY.parent / "shared" / "datasets" / "ferplus"
-VALID = "data/FER2013Valid"
+from training.datasets import read_ferplus
 
 PER_CLASS = 50  # the first 50 of each class by index; disgust (32) and contempt (26) have fewer
 FACE_PX = 192  # 4x the 48 px face, the size the crop template was measured at (training/crop_template.py)
@@ -53,30 +48,6 @@ class Readings:
     @property
     def found(self) -> np.ndarray:
         return ~np.isnan(self.video).any(axis=1)
-
-
-def ferplus_valid_root(scratch: Path) -> Path:
-    """A folder holding ``data/FER2013Valid``: the shared one if unpacked, else the split extracted
-    from the shared tarball into ``scratch``."""
-    if (FERPLUS / VALID / "label.csv").is_file():
-        return FERPLUS
-    tarball = FERPLUS / "ferplus-trainval.tar.gz"
-    if not tarball.is_file():
-        pytest.skip(f"FERPlus not found at {FERPLUS} (the test reads ../shared/datasets/ferplus beside the clone)")
-    folder = scratch / VALID
-    folder.mkdir(parents=True)
-    # One pass over the stream; each file written under its base name only (no paths from the archive).
-    with tarfile.open(tarball, "r:gz") as archive:
-        for member in archive:
-            if member.isfile() and member.name.startswith(f"{VALID}/"):
-                (folder / Path(member.name).name).write_bytes(archive.extractfile(member).read())
-    return scratch
-
-
-def balanced_subset(faces: LabelledFaces, per_class: int) -> LabelledFaces:
-    """The first ``per_class`` faces of each class, in index order: the same faces on every run."""
-    index = np.concatenate([np.flatnonzero(faces.labels == k)[:per_class] for k in range(len(faces.class_names))])
-    return faces.subset(index)
 
 
 def face_frame(face: np.ndarray) -> np.ndarray:
