@@ -308,8 +308,23 @@ def _no_rows(samples: pd.DataFrame, session_id: str) -> pd.DataFrame:
     return row
 
 
+PATIENT_DAYS_FILE = "patient_days.parquet"
+
+
+def read_patient_days(out_dir: str | Path) -> pd.DataFrame:
+    """``DIR/patient_days.parquet``: one row per patient, clinical date and period, with each class's
+    share, episodes, baseline, robust z-score, ``flagged`` and ``flag_reason`` (README, "The patient over
+    days"). ``date`` holds ``datetime.date`` objects, strings are pandas ``string``, times
+    ``datetime64[us, UTC]``: what plain ``pandas.read_parquet`` gives too. Raises InputError when the
+    file is missing (no session with a patient, or no report built yet)."""
+    path = Path(out_dir) / PATIENT_DAYS_FILE
+    if not path.is_file():
+        raise InputError(f"{out_dir}: no {PATIENT_DAYS_FILE} (build the reports of a study with a manifest)")
+    return pd.read_parquet(path)
+
+
 def thresholds_dict(thresholds: QualityThresholds) -> dict[str, float]:
     return asdict(thresholds)
 
 
-__all__ = ["QualityThresholds", "read_timelines", "summarize", "target_samples"]
+__all__ = ["QualityThresholds", "read_patient_days", "read_timelines", "summarize", "target_samples"]

@@ -36,12 +36,28 @@ TimezoneOption = Annotated[
     ),
 ]
 
+BaselineDaysOption = Annotated[
+    Optional[int],
+    typer.Option(help="Earlier days of the same period each day and night is compared with in "
+                 "DIR/patient_days.parquet (default 7; at least 3 of them needed)."),
+]  # fmt: skip
+MinCoverageOption = Annotated[
+    Optional[float],
+    typer.Option(help="Share of a day's or night's hours with the patient's face seen, below which it is "
+                 "neither flagged nor part of a baseline (default 0.3)."),
+]  # fmt: skip
+
 
 def clinical_options(
-    events: Path | None, event_window: float | None, night: str | None, timezone: str | None
+    events: Path | None,
+    event_window: float | None,
+    night: str | None,
+    timezone: str | None,
+    baseline_days: int | None = None,
+    min_coverage: float | None = None,
 ) -> ClinicalOptions:
     """The clinical options as given, checked now (before hours of processing). Raises FermonError."""
-    from fermon.report.clinical import ClinicalOptions
+    from fermon.report.clinical import ClinicalOptions, check_baseline
     from fermon.report.events import parse_night, read_events, resolve_zone, window_minutes_to_seconds
 
     if event_window is not None:
@@ -49,8 +65,10 @@ def clinical_options(
     if night is not None:
         parse_night(night)
     resolve_zone(timezone)
+    check_baseline(baseline_days, min_coverage)
     parsed = tuple(read_events(events)) if events is not None else None
-    return ClinicalOptions(parsed, events.name if events else None, event_window, night, timezone)
+    name = events.name if events else None
+    return ClinicalOptions(parsed, name, event_window, night, timezone, baseline_days, min_coverage)
 
 
 def report(
@@ -76,6 +94,8 @@ def report(
     event_window: EventWindowOption = None,
     night: NightOption = None,
     timezone: TimezoneOption = None,
+    baseline_days: BaselineDaysOption = None,
+    min_coverage: MinCoverageOption = None,
 ) -> None:
     """Write DIR/reports/ (a page per session and index.html) and DIR/summary.parquet.
 
@@ -89,7 +109,7 @@ def report(
             raise UsageError("--videos is only used with --include-thumbnails")
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (in-process) or more")
-        clinical = clinical_options(events, event_window, night, timezone)
+        clinical = clinical_options(events, event_window, night, timezone, baseline_days, min_coverage)
         run_reports(
             location_of(out),
             force=force,

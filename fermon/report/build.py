@@ -42,6 +42,7 @@ from fermon.report.clinical import (
     patients_section,
     settle_zone,
 )
+from fermon.report.patients import write_patient_outputs
 from fermon.report.sources import file_stamp, load_manifest, read_failures, session_gaps
 from fermon.report.zones import machine_zone
 from fermon.run.ledger import LEDGER_NAME, FolderLock, json_fingerprint
@@ -51,7 +52,7 @@ REPORTS_DIR = "reports"
 SESSIONS_DIR = "sessions"
 SUMMARY_NAME = "summary.parquet"
 MANIFEST_NAME = "manifest.json"
-REPORT_FORMAT = 2  # bump when pages change, so that every page is rebuilt once (2: clinical time)
+REPORT_FORMAT = 3  # bump when pages change, so that every page is rebuilt once (2: clinical time, 3: days)
 PAGES_PER_WORKER = 8  # below this many pages per process, starting processes costs more than it saves
 
 
@@ -130,14 +131,17 @@ def _clinical_facts(
 ) -> tuple[str, dict[str, list]]:
     """The page's clinical section, and what the cohort files need: event rows and day/night sums."""
     from fermon.report.clinical import clinical_section, session_events, stored_event_rows
+    from fermon.report.days import session_days
     from fermon.report.events import parse_night, session_event_rows, session_periods
 
     class_names = list(metadata["class_names"])
     events = session_events(metadata, settings)
     event_rows = session_event_rows(samples, metadata, row["duration_s"], events, settings.window_s, class_names)
-    periods = session_periods(samples, metadata, parse_night(settings.night), settings.zone, class_names)
+    night = parse_night(settings.night)
+    periods = session_periods(samples, metadata, night, settings.zone, class_names)
+    days = session_days(samples, metadata, night, settings.zone, class_names, row["duration_s"])
     section = clinical_section(samples, row, metadata, event_rows, settings)
-    return section, {"events": stored_event_rows(event_rows), "periods": periods}
+    return section, {"events": stored_event_rows(event_rows), "periods": periods, "days": days}
 
 
 # --------------------------------------------------------------------------- the build
@@ -210,7 +214,7 @@ def build_reports(
     result = ReportResult()
     with FolderLock(out_dir):
         settings = settle_zone((clinical or ClinicalOptions()).apply(load_settings(out_dir)), machine_zone())
-        builder["clinical"] = json_fingerprint(settings.to_json())  # new events or zone: new pages
+        builder["clinical"] = json_fingerprint(settings.page_json)  # new events or zone: new pages
         recorded = {} if force else load_manifest(reports / MANIFEST_NAME, builder)
         entries: dict[str, Any] = {}
         jobs, stamps = [], {}
@@ -235,7 +239,9 @@ def build_reports(
         write_summary(out_dir / SUMMARY_NAME, rows, class_names, thresholds_dict(thresholds))
         patients = _write_clinical(out_dir, entries, class_names, settings, result)
         patients_html = patients_section(rows, patients, settings)
-        index = pages.index_page(rows, class_names, failures, patients_html, settings.zone or timezone.utc)
+        morning = write_patient_outputs(out_dir, reports, entries, class_names, settings, force)
+        zone = settings.zone or timezone.utc
+        index = pages.index_page(rows, class_names, failures, patients_html, zone, top_html=morning)
         write_text_atomic(reports / "index.html", index)
         manifest = {"builder": builder, "sessions": entries}
         write_text_atomic(reports / MANIFEST_NAME, json.dumps(manifest, sort_keys=True))

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fermon.errors import OutputError
+from fermon.errors import OutputError, UsageError
+from fermon.report.days import DEFAULT_BASELINE_DAYS, DEFAULT_MIN_COVERAGE, MIN_BASELINE
 from fermon.report.events import (
     DEFAULT_NIGHT,
     DEFAULT_WINDOW_MIN,
@@ -48,11 +49,19 @@ class ClinicalSettings:
     event_window_min: float = DEFAULT_WINDOW_MIN
     night: str = DEFAULT_NIGHT
     timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC (see settle_zone)
+    baseline_days: int = DEFAULT_BASELINE_DAYS  # patient_days.parquet: fermon.report.days
+    min_coverage: float = DEFAULT_MIN_COVERAGE
 
     def validate(self) -> None:
         window_minutes_to_seconds(self.event_window_min)
         parse_night(self.night)
         resolve_zone(self.timezone)
+        check_baseline(self.baseline_days, self.min_coverage)
+
+    @property
+    def page_json(self) -> dict[str, Any]:
+        """What session pages depend on: not the baseline rule, which only the patient days use."""
+        return {k: v for k, v in self.to_json().items() if k not in ("baseline_days", "min_coverage")}
 
     @property
     def window_s(self) -> float:
@@ -69,6 +78,8 @@ class ClinicalSettings:
             "event_window_min": self.event_window_min,
             "night": self.night,
             "timezone": self.timezone,
+            "baseline_days": self.baseline_days,
+            "min_coverage": self.min_coverage,
         }
 
     @classmethod
@@ -79,6 +90,8 @@ class ClinicalSettings:
             float(data.get("event_window_min", DEFAULT_WINDOW_MIN)),
             str(data.get("night", DEFAULT_NIGHT)),
             data.get("timezone"),
+            int(data.get("baseline_days", DEFAULT_BASELINE_DAYS)),
+            float(data.get("min_coverage", DEFAULT_MIN_COVERAGE)),
         )
 
 
@@ -91,6 +104,8 @@ class ClinicalOptions:
     event_window_min: float | None = None
     night: str | None = None
     timezone: str | None = None
+    baseline_days: int | None = None
+    min_coverage: float | None = None
     changes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def apply(self, stored: ClinicalSettings) -> ClinicalSettings:
@@ -100,6 +115,8 @@ class ClinicalOptions:
             "event_window_min": self.event_window_min,
             "night": self.night,
             "timezone": self.timezone,
+            "baseline_days": self.baseline_days,
+            "min_coverage": self.min_coverage,
         }
         settings = replace(stored, **{k: v for k, v in given.items() if v is not None})
         settings.validate()
@@ -121,6 +138,14 @@ def load_settings(out_dir: Path) -> ClinicalSettings:
         return ClinicalSettings.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise OutputError(f"{SETTINGS_NAME}: cannot read the stored clinical settings ({error})") from error
+
+
+def check_baseline(days: int | None, min_coverage: float | None) -> None:
+    """``--baseline-days`` and ``--min-coverage``, as given. Raises UsageError."""
+    if days is not None and days < MIN_BASELINE:
+        raise UsageError(f"--baseline-days must be at least {MIN_BASELINE}: a baseline needs {MIN_BASELINE} days")
+    if min_coverage is not None and not 0.0 <= min_coverage <= 1.0:
+        raise UsageError("--min-coverage must be between 0 and 1 (a share of the day's or night's hours)")
 
 
 # --------------------------------------------------------------------------- a session page

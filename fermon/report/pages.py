@@ -333,8 +333,10 @@ def index_page(
     failures: Sequence[Mapping[str, Any]],
     patients_html: str = "",
     zone: tzinfo = timezone.utc,
+    top_html: str = "",
 ) -> str:
-    """The cohort index: one sortable row per session (start times in ``zone``), the sessions by
+    """The cohort index, opening with ``top_html`` (fermon.report.patients' morning view): one sortable
+    row per session (start times in ``zone``), the sessions by
     patient (``patients_html``, from fermon.report.clinical), then the inputs whose last attempt failed."""
     head = _index_head(class_names, zone)
     body = []
@@ -374,7 +376,7 @@ def index_page(
 <p class="muted">{len(rows)} session(s), {flagged} with quality flags, {len(failures)} failed input(s).
 Report built {built} by fermon {escape(__version__)}. Click a column header to sort. The same figures are in
 <code>summary.parquet</code> beside this folder.</p>
-{sessions}
+{top_html}{sessions}
 {patients_html}<h2>Failed inputs</h2>
 <p class="muted">Sessions whose latest processing attempt failed or was interrupted, from the run ledger.</p>
 {failed}
