@@ -12,7 +12,15 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from fermon.cli._common import exit_on_error
-from fermon.cli.report import EventsOption, EventWindowOption, NightOption, TimezoneOption, clinical_options
+from fermon.cli.report import (
+    EpisodeGapOption,
+    EpisodeMinOption,
+    EventsOption,
+    EventWindowOption,
+    NightOption,
+    TimezoneOption,
+    clinical_options,
+)
 from fermon.faces.detector import DEFAULT_MIN_FACE
 from fermon.run.options import DEFAULT_BATCH_SIZE
 
@@ -262,6 +270,8 @@ def process(
     event_window: EventWindowOption = None,
     night: NightOption = None,
     timezone: TimezoneOption = None,
+    episode_min: EpisodeMinOption = None,
+    episode_gap: EpisodeGapOption = None,
 ) -> None:
     """Detect, track and classify faces in videos into DIR/timelines/<session>.parquet.
 
@@ -299,7 +309,7 @@ def process(
             manifest=str(manifest) if manifest else None,
         )
         options.validate()
-        clinical = clinical_options(events, event_window, night, timezone)
+        clinical = clinical_options(events, event_window, night, timezone, episode_min, episode_gap)
         log = _open_log(log_json)
         reporter = _Reporter(quiet, log)
         stop = _StopOnSignal()

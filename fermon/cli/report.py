@@ -35,13 +35,27 @@ TimezoneOption = Annotated[
         "DIR/clinical.json, else this machine's, else the manifest's UTC offsets)."
     ),
 ]
+EpisodeMinOption = Annotated[
+    Optional[float],
+    typer.Option(help="Shortest expression episode kept, in seconds (default 20): DIR/episodes.parquet."),
+]
+EpisodeGapOption = Annotated[
+    Optional[float],
+    typer.Option(help="Longest stretch without the patient's face that an episode bridges, in seconds (default 5)."),
+]
 
 
 def clinical_options(
-    events: Path | None, event_window: float | None, night: str | None, timezone: str | None
+    events: Path | None,
+    event_window: float | None,
+    night: str | None,
+    timezone: str | None,
+    episode_min: float | None = None,
+    episode_gap: float | None = None,
 ) -> ClinicalOptions:
     """The clinical options as given, checked now (before hours of processing). Raises FermonError."""
     from fermon.report.clinical import ClinicalOptions
+    from fermon.report.episodes import DEFAULT_GAP_S, DEFAULT_MIN_S, check_settings
     from fermon.report.events import parse_night, read_events, resolve_zone, window_minutes_to_seconds
 
     if event_window is not None:
@@ -49,8 +63,12 @@ def clinical_options(
     if night is not None:
         parse_night(night)
     resolve_zone(timezone)
+    check_settings(
+        DEFAULT_MIN_S if episode_min is None else episode_min, DEFAULT_GAP_S if episode_gap is None else episode_gap
+    )
     parsed = tuple(read_events(events)) if events is not None else None
-    return ClinicalOptions(parsed, events.name if events else None, event_window, night, timezone)
+    names = events.name if events else None
+    return ClinicalOptions(parsed, names, event_window, night, timezone, episode_min, episode_gap)
 
 
 def report(
@@ -76,6 +94,8 @@ def report(
     event_window: EventWindowOption = None,
     night: NightOption = None,
     timezone: TimezoneOption = None,
+    episode_min: EpisodeMinOption = None,
+    episode_gap: EpisodeGapOption = None,
 ) -> None:
     """Write DIR/reports/ (a page per session and index.html) and DIR/summary.parquet.
 
@@ -89,7 +109,7 @@ def report(
             raise UsageError("--videos is only used with --include-thumbnails")
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (in-process) or more")
-        clinical = clinical_options(events, event_window, night, timezone)
+        clinical = clinical_options(events, event_window, night, timezone, episode_min, episode_gap)
         run_reports(
             location_of(out),
             force=force,

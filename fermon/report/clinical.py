@@ -1,9 +1,9 @@
 """The reports' clinical time: settings kept in DIR, wall-clock figures, events and patients.
 
 ``fermon process`` and ``fermon report`` store the events and the display settings (``--events``,
-``--event-window``, ``--night``, ``--timezone``) in ``DIR/clinical.json``, so that ``fermon report DIR``
-alone rebuilds the same pages, ``events.parquet`` and ``patients.parquet``; an option given again
-replaces the stored value.
+``--event-window``, ``--night``, ``--timezone``, ``--episode-min``, ``--episode-gap``) in
+``DIR/clinical.json``, so that ``fermon report DIR`` alone rebuilds the same pages, ``events.parquet``,
+``episodes.parquet`` and ``patients.parquet``; an option given again replaces the stored value.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fermon.errors import OutputError
+from fermon.report.episodes import DEFAULT_GAP_S, DEFAULT_MIN_S, check_settings
 from fermon.report.events import (
     DEFAULT_NIGHT,
     DEFAULT_WINDOW_MIN,
@@ -48,11 +49,14 @@ class ClinicalSettings:
     event_window_min: float = DEFAULT_WINDOW_MIN
     night: str = DEFAULT_NIGHT
     timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC (see settle_zone)
+    episode_min_s: float = DEFAULT_MIN_S  # --episode-min (fermon.report.episodes)
+    episode_gap_s: float = DEFAULT_GAP_S  # --episode-gap
 
     def validate(self) -> None:
         window_minutes_to_seconds(self.event_window_min)
         parse_night(self.night)
         resolve_zone(self.timezone)
+        check_settings(self.episode_min_s, self.episode_gap_s)
 
     @property
     def window_s(self) -> float:
@@ -69,6 +73,8 @@ class ClinicalSettings:
             "event_window_min": self.event_window_min,
             "night": self.night,
             "timezone": self.timezone,
+            "episode_min_s": self.episode_min_s,
+            "episode_gap_s": self.episode_gap_s,
         }
 
     @classmethod
@@ -79,6 +85,8 @@ class ClinicalSettings:
             float(data.get("event_window_min", DEFAULT_WINDOW_MIN)),
             str(data.get("night", DEFAULT_NIGHT)),
             data.get("timezone"),
+            float(data.get("episode_min_s", DEFAULT_MIN_S)),
+            float(data.get("episode_gap_s", DEFAULT_GAP_S)),
         )
 
 
@@ -91,6 +99,8 @@ class ClinicalOptions:
     event_window_min: float | None = None
     night: str | None = None
     timezone: str | None = None
+    episode_min_s: float | None = None
+    episode_gap_s: float | None = None
     changes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def apply(self, stored: ClinicalSettings) -> ClinicalSettings:
@@ -100,6 +110,8 @@ class ClinicalOptions:
             "event_window_min": self.event_window_min,
             "night": self.night,
             "timezone": self.timezone,
+            "episode_min_s": self.episode_min_s,
+            "episode_gap_s": self.episode_gap_s,
         }
         settings = replace(stored, **{k: v for k, v in given.items() if v is not None})
         settings.validate()
