@@ -7,7 +7,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 # The analyst API, imported on first use so that ``import fermon`` stays cheap (no pandas).
-_LAZY = {"read_timelines": "fermon.analysis", "summarize": "fermon.analysis", "read_patient_days": "fermon.analysis"}
+_LAZY = {
+    "read_timelines": "fermon.analysis",
+    "summarize": "fermon.analysis",
+    "read_episodes": "fermon.analysis",
+    "read_patient_days": "fermon.analysis",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -327,4 +327,37 @@ def thresholds_dict(thresholds: QualityThresholds) -> dict[str, float]:
     return asdict(thresholds)
 
 
-__all__ = ["QualityThresholds", "read_patient_days", "read_timelines", "summarize", "target_samples"]
+# --------------------------------------------------------------------------- episodes
+
+EPISODES_NAME = "episodes.parquet"
+EPISODE_COLUMNS = ("patient_id", "session_id", "expression", "start", "end", "start_s", "end_s", "duration_s",
+                   "mean_prob", "peak_prob", "coverage")  # fmt: skip
+
+
+def episode_types() -> dict[str, Any]:
+    """The dtypes of ``DIR/episodes.parquet`` (fermon.report.episodes writes it)."""
+    types: dict[str, Any] = {c: pd.StringDtype() for c in ("patient_id", "session_id", "expression")}
+    types |= {c: "datetime64[us, UTC]" for c in ("start", "end")}
+    return types | {c: "float64" for c in EPISODE_COLUMNS[5:]}
+
+
+def read_episodes(out_dir: str | Path) -> pd.DataFrame:
+    """Every session's expression episodes, from ``DIR/episodes.parquet`` (written by ``fermon report``).
+
+    One row per episode: ``patient_id`` (null without a study manifest), ``session_id`` and
+    ``expression`` (strings), ``start`` and ``end`` (``datetime64[us, UTC]``, NaT where the session's
+    clock is unknown), ``start_s``, ``end_s`` (seconds from the session's start), ``duration_s``,
+    ``mean_prob``, ``peak_prob`` and ``coverage`` (float64). Plain ``pandas.read_parquet`` gives the
+    same dtypes. Raises InputError when the file is missing (no report built yet).
+    """
+    path = Path(out_dir) / EPISODES_NAME
+    if not path.is_file():
+        raise InputError(f"{out_dir}: no {EPISODES_NAME} (run 'fermon report' first)")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{EPISODES_NAME}: cannot read ({error})") from error
+    return frame[list(EPISODE_COLUMNS)].astype(episode_types())
+
+
+__all__ = ["QualityThresholds", "read_episodes", "read_patient_days", "read_timelines", "summarize", "target_samples"]

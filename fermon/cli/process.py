@@ -14,6 +14,8 @@ import typer
 from fermon.cli._common import exit_on_error
 from fermon.cli.report import (
     BaselineDaysOption,
+    EpisodeGapOption,
+    EpisodeMinOption,
     EventsOption,
     EventWindowOption,
     MinCoverageOption,
@@ -272,6 +274,8 @@ def process(
     timezone: TimezoneOption = None,
     baseline_days: BaselineDaysOption = None,
     min_coverage: MinCoverageOption = None,
+    episode_min: EpisodeMinOption = None,
+    episode_gap: EpisodeGapOption = None,
 ) -> None:
     """Detect, track and classify faces in videos into DIR/timelines/<session>.parquet.
 
@@ -309,7 +313,9 @@ def process(
             manifest=str(manifest) if manifest else None,
         )
         options.validate()
-        clinical = clinical_options(events, event_window, night, timezone, baseline_days, min_coverage)
+        clinical = clinical_options(
+            events, event_window, night, timezone, baseline_days, min_coverage, episode_min, episode_gap
+        )
         log = _open_log(log_json)
         reporter = _Reporter(quiet, log)
         stop = _StopOnSignal()

@@ -35,6 +35,14 @@ TimezoneOption = Annotated[
         "DIR/clinical.json, else this machine's, else the manifest's UTC offsets)."
     ),
 ]
+EpisodeMinOption = Annotated[
+    Optional[float],
+    typer.Option(help="Shortest expression episode kept, in seconds (default 20): DIR/episodes.parquet."),
+]
+EpisodeGapOption = Annotated[
+    Optional[float],
+    typer.Option(help="Longest stretch without the patient's face that an episode bridges, in seconds (default 5)."),
+]
 
 BaselineDaysOption = Annotated[
     Optional[int],
@@ -55,9 +63,12 @@ def clinical_options(
     timezone: str | None,
     baseline_days: int | None = None,
     min_coverage: float | None = None,
+    episode_min: float | None = None,
+    episode_gap: float | None = None,
 ) -> ClinicalOptions:
     """The clinical options as given, checked now (before hours of processing). Raises FermonError."""
     from fermon.report.clinical import ClinicalOptions, check_baseline
+    from fermon.report.episodes import DEFAULT_GAP_S, DEFAULT_MIN_S, check_settings
     from fermon.report.events import parse_night, read_events, resolve_zone, window_minutes_to_seconds
 
     if event_window is not None:
@@ -66,9 +77,21 @@ def clinical_options(
         parse_night(night)
     resolve_zone(timezone)
     check_baseline(baseline_days, min_coverage)
+    check_settings(
+        DEFAULT_MIN_S if episode_min is None else episode_min, DEFAULT_GAP_S if episode_gap is None else episode_gap
+    )
     parsed = tuple(read_events(events)) if events is not None else None
-    name = events.name if events else None
-    return ClinicalOptions(parsed, name, event_window, night, timezone, baseline_days, min_coverage)
+    return ClinicalOptions(
+        parsed,
+        events.name if events else None,
+        event_window,
+        night,
+        timezone,
+        baseline_days=baseline_days,
+        min_coverage=min_coverage,
+        episode_min_s=episode_min,
+        episode_gap_s=episode_gap,
+    )
 
 
 def report(
@@ -96,6 +119,8 @@ def report(
     timezone: TimezoneOption = None,
     baseline_days: BaselineDaysOption = None,
     min_coverage: MinCoverageOption = None,
+    episode_min: EpisodeMinOption = None,
+    episode_gap: EpisodeGapOption = None,
 ) -> None:
     """Write DIR/reports/ (a page per session and index.html) and DIR/summary.parquet.
 
@@ -109,7 +134,9 @@ def report(
             raise UsageError("--videos is only used with --include-thumbnails")
         if workers is not None and workers < 0:
             raise UsageError("--workers must be 0 (in-process) or more")
-        clinical = clinical_options(events, event_window, night, timezone, baseline_days, min_coverage)
+        clinical = clinical_options(
+            events, event_window, night, timezone, baseline_days, min_coverage, episode_min, episode_gap
+        )
         run_reports(
             location_of(out),
             force=force,

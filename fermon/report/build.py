@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from fermon import __version__
 from fermon.analysis import (
+    EPISODES_NAME,
     QualityThresholds,
     read_timeline,
     summarize_session,
@@ -52,7 +53,8 @@ REPORTS_DIR = "reports"
 SESSIONS_DIR = "sessions"
 SUMMARY_NAME = "summary.parquet"
 MANIFEST_NAME = "manifest.json"
-REPORT_FORMAT = 3  # bump when pages change, so that every page is rebuilt once (2: clinical time, 3: days)
+# Bump when pages change, so that every page is rebuilt once (2: clinical time, 3: episodes and patient days).
+REPORT_FORMAT = 3
 PAGES_PER_WORKER = 8  # below this many pages per process, starting processes costs more than it saves
 
 
@@ -65,6 +67,8 @@ class ReportResult:
     removed: list[str] = field(default_factory=list)
     failed_inputs: int = 0
     unmatched_events: int = 0  # events in no recording's span (or of no session): in events.parquet only
+    episodes: int = 0  # rows of episodes.parquet
+    episodes_seconds: float = 0.0  # assembling and writing episodes.parquet from the stored rows
     seconds: float = 0.0
     index: str = f"{REPORTS_DIR}/index.html"
     summary: str = SUMMARY_NAME
@@ -105,20 +109,25 @@ def build_session_page(
     (event rows and day/night sums). With ``video_roots`` (--include-thumbnails) the page also shows
     faces decoded again from the recordings there."""
     from fermon.report import pages, plots
+    from fermon.report.episodes import session_episodes
 
+    clinical = clinical or ClinicalSettings()
     frame, metadata = read_timeline(path)
     class_names = list(metadata["class_names"])
     samples = target_samples(frame)
     row = summarize_session(samples, class_names, metadata, thresholds)
     gaps = session_gaps(metadata)
     fps = float(metadata.get("sampling_fps") or 0.0)
-    figures = plots.session_figures(samples, row, class_names, fps, gaps)  # one entry per plots.SESSION_FIGURES
+    episodes = session_episodes(frame, metadata, clinical.episode_min_s, clinical.episode_gap_s)
+    figures = plots.session_figures(samples, row, class_names, fps, gaps, episodes)  # one per plots.SESSION_FIGURES
     thumbnails, missing = None, []
     if video_roots is not None:
         from fermon.report.thumbnails import session_thumbnails
 
         thumbnails, missing = session_thumbnails(samples, class_names, video_roots)
-    section, facts = _clinical_facts(samples, row, metadata, clinical or ClinicalSettings())
+    section, facts = _clinical_facts(samples, row, metadata, clinical)
+    section += _episodes_html(episodes, metadata, clinical, bool(row["covered_frames"]))
+    facts["episodes"] = episodes
     html = pages.session_page(
         row, metadata, figures, gaps, thresholds_dict(thresholds), thumbnails, missing, clinical_html=section
     )
@@ -142,6 +151,14 @@ def _clinical_facts(
     days = session_days(samples, metadata, night, settings.zone, class_names, row["duration_s"])
     section = clinical_section(samples, row, metadata, event_rows, settings)
     return section, {"events": stored_event_rows(event_rows), "periods": periods, "days": days}
+
+
+def _episodes_html(episodes: list[dict[str, Any]], metadata: Any, settings: ClinicalSettings, face: bool) -> str:
+    from fermon.report.episode_view import episodes_section
+    from fermon.report.events import display_zone
+
+    zone = display_zone(metadata, settings.zone)
+    return episodes_section(episodes, zone, settings.episode_min_s, settings.episode_gap_s, face)
 
 
 # --------------------------------------------------------------------------- the build
@@ -237,6 +254,7 @@ def build_reports(
         class_names = _class_union(entries.values())
         failures = read_failures(out_dir)
         write_summary(out_dir / SUMMARY_NAME, rows, class_names, thresholds_dict(thresholds))
+        write_episodes(out_dir, entries, result)  # before anything that reads the episodes
         patients = _write_clinical(out_dir, entries, class_names, settings, result)
         patients_html = patients_section(rows, patients, settings)
         morning = write_patient_outputs(out_dir, reports, entries, class_names, settings, force)
@@ -248,6 +266,20 @@ def build_reports(
     result.failed_inputs = len(failures)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def write_episodes(out_dir: Path, entries: dict[str, Any], result: ReportResult | None = None) -> Any:
+    """``episodes.parquet`` from every session's stored episode rows (those of unchanged sessions are
+    reused, not recomputed); returns the typed frame (fermon.analysis.episode_types)."""
+    from fermon.report.episodes import episodes_frame, episodes_table
+
+    started = time.perf_counter()
+    frame = episodes_frame([e for session_id in sorted(entries) for e in entries[session_id].get("episodes", [])])
+    table = episodes_table(frame)
+    _replace_atomic(out_dir / EPISODES_NAME, lambda temporary: pq.write_table(table, temporary, compression="zstd"))
+    if result is not None:
+        result.episodes, result.episodes_seconds = len(frame), time.perf_counter() - started
+    return frame
 
 
 def _write_parquet(path: Path, frame: Any) -> None:
@@ -337,4 +369,5 @@ def _publish(local: Path, url: str) -> None:
     for relative, _ in storage.files_under(local / REPORTS_DIR):
         data = (local / REPORTS_DIR / relative).read_bytes()
         storage.write_bytes_atomic(storage.join(url, REPORTS_DIR, *relative.split("/")), data)
-    storage.write_bytes_atomic(storage.join(url, SUMMARY_NAME), (local / SUMMARY_NAME).read_bytes())
+    for name in (SUMMARY_NAME, EPISODES_NAME):
+        storage.write_bytes_atomic(storage.join(url, name), (local / name).read_bytes())

@@ -1,9 +1,9 @@
 """The reports' clinical time: settings kept in DIR, wall-clock figures, events and patients.
 
 ``fermon process`` and ``fermon report`` store the events and the display settings (``--events``,
-``--event-window``, ``--night``, ``--timezone``) in ``DIR/clinical.json``, so that ``fermon report DIR``
-alone rebuilds the same pages, ``events.parquet`` and ``patients.parquet``; an option given again
-replaces the stored value.
+``--event-window``, ``--night``, ``--timezone``, ``--episode-min``, ``--episode-gap``) in
+``DIR/clinical.json``, so that ``fermon report DIR`` alone rebuilds the same pages, ``events.parquet``,
+``episodes.parquet`` and ``patients.parquet``; an option given again replaces the stored value.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pandas as pd
 
 from fermon.errors import OutputError, UsageError
 from fermon.report.days import DEFAULT_BASELINE_DAYS, DEFAULT_MIN_COVERAGE, MIN_BASELINE
+from fermon.report.episodes import DEFAULT_GAP_S, DEFAULT_MIN_S, check_settings
 from fermon.report.events import (
     DEFAULT_NIGHT,
     DEFAULT_WINDOW_MIN,
@@ -51,12 +52,15 @@ class ClinicalSettings:
     timezone: str | None = None  # IANA name; None: each session's manifest offset, else UTC (see settle_zone)
     baseline_days: int = DEFAULT_BASELINE_DAYS  # patient_days.parquet: fermon.report.days
     min_coverage: float = DEFAULT_MIN_COVERAGE
+    episode_min_s: float = DEFAULT_MIN_S  # --episode-min (fermon.report.episodes)
+    episode_gap_s: float = DEFAULT_GAP_S  # --episode-gap
 
     def validate(self) -> None:
         window_minutes_to_seconds(self.event_window_min)
         parse_night(self.night)
         resolve_zone(self.timezone)
         check_baseline(self.baseline_days, self.min_coverage)
+        check_settings(self.episode_min_s, self.episode_gap_s)
 
     @property
     def page_json(self) -> dict[str, Any]:
@@ -80,6 +84,8 @@ class ClinicalSettings:
             "timezone": self.timezone,
             "baseline_days": self.baseline_days,
             "min_coverage": self.min_coverage,
+            "episode_min_s": self.episode_min_s,
+            "episode_gap_s": self.episode_gap_s,
         }
 
     @classmethod
@@ -92,6 +98,8 @@ class ClinicalSettings:
             data.get("timezone"),
             int(data.get("baseline_days", DEFAULT_BASELINE_DAYS)),
             float(data.get("min_coverage", DEFAULT_MIN_COVERAGE)),
+            float(data.get("episode_min_s", DEFAULT_MIN_S)),
+            float(data.get("episode_gap_s", DEFAULT_GAP_S)),
         )
 
 
@@ -106,6 +114,8 @@ class ClinicalOptions:
     timezone: str | None = None
     baseline_days: int | None = None
     min_coverage: float | None = None
+    episode_min_s: float | None = None
+    episode_gap_s: float | None = None
     changes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def apply(self, stored: ClinicalSettings) -> ClinicalSettings:
@@ -117,6 +127,8 @@ class ClinicalOptions:
             "timezone": self.timezone,
             "baseline_days": self.baseline_days,
             "min_coverage": self.min_coverage,
+            "episode_min_s": self.episode_min_s,
+            "episode_gap_s": self.episode_gap_s,
         }
         settings = replace(stored, **{k: v for k, v in given.items() if v is not None})
         settings.validate()

@@ -101,9 +101,15 @@ def smoothed(samples: pd.DataFrame, column: str, fps: float) -> np.ndarray:
 
 
 def expression_figure(
-    samples: pd.DataFrame, class_names: Sequence[str], fps: float, gaps: Sequence[dict[str, Any]], salt: str
+    samples: pd.DataFrame,
+    class_names: Sequence[str],
+    fps: float,
+    gaps: Sequence[dict[str, Any]],
+    salt: str,
+    episodes: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """Probability of each expression over time: smoothed curves over faint raw samples."""
+    """Probability of each expression over time: smoothed curves over faint raw samples, and the
+    expression episodes (fermon.report.episodes) as shaded spans labelled with their expression."""
     figure = _figure(3.6)
     ax = figure.add_subplot()
     axis, times = _session_axis(samples)
@@ -116,8 +122,16 @@ def expression_figure(
         x, y = axis.break_lines(*_binned(times, smoothed(samples, f"prob_{name}", fps), MAX_LINE_POINTS))
         ax.plot(x, y, color=colours[name], lw=1.6, label=name)
     _shade_gaps(ax, gaps, axis)
+    _shade_episodes(ax, episodes, axis, colours)
     _finish_unit_axes(ax, axis, covered, "probability")
     return to_svg(figure, salt)
+
+
+def _shade_episodes(ax: Any, episodes: Sequence[Mapping[str, Any]], axis: TimeAxis, colours: Mapping) -> None:
+    for episode in episodes:
+        lo, hi = axis.x([episode["start_s"], episode["end_s"]])
+        ax.axvspan(lo, hi, color=colours.get(episode["expression"], "#888888"), alpha=0.15, lw=0)
+        ax.text((lo + hi) / 2, 0.99, episode["expression"], ha="center", va="top", fontsize=7, clip_on=True)
 
 
 def _session_axis(samples: pd.DataFrame) -> tuple[TimeAxis, np.ndarray]:
@@ -207,6 +221,7 @@ class SessionData:
     class_names: Sequence[str]
     fps: float  # sampling rate
     gaps: Sequence[dict[str, Any]]  # decode gaps on the session's time axis
+    episodes: Sequence[Mapping[str, Any]] = ()  # fermon.report.episodes rows
 
 
 @dataclass(frozen=True)
@@ -224,10 +239,11 @@ class SessionFigure:
 SESSION_FIGURES: tuple[SessionFigure, ...] = (
     SessionFigure(
         "expressions",
-        lambda s, salt: expression_figure(s.samples, s.class_names, s.fps, s.gaps, salt),
+        lambda s, salt: expression_figure(s.samples, s.class_names, s.fps, s.gaps, salt, s.episodes),
         "Expressions over time",
-        "Probability of each expression: lines smoothed over about 2 s, dots raw samples. A hatched band "
-        "stands for a long pause between recordings, its length written on it.",
+        "Probability of each expression: lines smoothed over about 2 s, dots raw samples. Shaded spans "
+        "labelled with an expression are its episodes (table below). A hatched band stands for a long pause "
+        "between recordings, its length written on it.",
         "e",
     ),
     SessionFigure(
@@ -261,10 +277,11 @@ def session_figures(
     class_names: Sequence[str],
     fps: float,
     gaps: Sequence[dict[str, Any]],
+    episodes: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, str]:
     """The figures of :data:`SESSION_FIGURES` that have something to show (most need a target face),
     as inline SVG by key."""
-    session = SessionData(samples, row, class_names, fps, gaps)
+    session = SessionData(samples, row, class_names, fps, gaps, episodes)
     return {
         figure.key: figure.draw(session, f"{row['session_id']}-{figure.salt}")
         for figure in SESSION_FIGURES
