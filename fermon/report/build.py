@@ -43,7 +43,7 @@ from fermon.report.clinical import (
     patients_section,
     settle_zone,
 )
-from fermon.report.patients import write_patient_outputs
+from fermon.report.patients import FLAGS_NAME, write_patient_outputs
 from fermon.report.sources import file_stamp, load_manifest, read_failures, session_gaps
 from fermon.report.zones import machine_zone
 from fermon.run.ledger import LEDGER_NAME, FolderLock, json_fingerprint
@@ -55,6 +55,8 @@ SUMMARY_NAME = "summary.parquet"
 MANIFEST_NAME = "manifest.json"
 # Bump when pages change, so that every page is rebuilt once (2: clinical time, 3: episodes and patient days).
 REPORT_FORMAT = 3
+# Written by one build and read by the next: for an output URL, fetched before and published after.
+KEPT_BETWEEN_BUILDS = (SETTINGS_NAME, FLAGS_NAME)
 PAGES_PER_WORKER = 8  # below this many pages per process, starting processes costs more than it saves
 
 
@@ -211,7 +213,12 @@ def build_reports(
 
     if storage.is_url(out_dir):
         return _build_at_url(
-            str(out_dir), force=force, thresholds=thresholds, workers=workers, thumbnails=thumbnails_from
+            str(out_dir),
+            force=force,
+            thresholds=thresholds,
+            workers=workers,
+            thumbnails=thumbnails_from,
+            clinical=clinical,
         )
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -332,7 +339,13 @@ def _remove_stale_pages(folder: Path, sessions: set[str]) -> list[str]:
 
 
 def _build_at_url(
-    url: str, *, force: bool, thresholds: QualityThresholds | None, workers: int, thumbnails: list[Path] | None
+    url: str,
+    *,
+    force: bool,
+    thresholds: QualityThresholds | None,
+    workers: int,
+    thumbnails: list[Path] | None,
+    clinical: ClinicalOptions | None,
 ) -> ReportResult:
     """Reports for an output URL (fermon.inputs.storage): the timelines are fetched into a local temporary
     folder beside the client-local ledger, the pages are built there, and each file is published in
@@ -353,7 +366,10 @@ def _build_at_url(
             (local / TIMELINES_DIR / name).write_bytes(storage.read_bytes(storage_file))
         if (state / LEDGER_NAME).is_file():
             (local / LEDGER_NAME).symlink_to(state / LEDGER_NAME)  # read-only, for the failures listed
-        result = build_reports(local, force=True, thresholds=thresholds, workers=workers)
+        for name in KEPT_BETWEEN_BUILDS:  # the settings and the flags' first sightings carry over
+            if storage.is_file(storage.join(url, name)):
+                (local / name).write_bytes(storage.read_bytes(storage.join(url, name)))
+        result = build_reports(local, force=True, thresholds=thresholds, workers=workers, clinical=clinical)
         _publish(local, url)
     sessions = storage.join(url, REPORTS_DIR, SESSIONS_DIR)
     kept = {f"{session_id}.html" for session_id in result.built}
@@ -365,9 +381,11 @@ def _build_at_url(
 
 
 def _publish(local: Path, url: str) -> None:
-    """Upload what a build wrote: reports/ (pages, index, manifest) and summary.parquet."""
+    """Upload what a build wrote: reports/ (pages, index, manifest), the tables beside it
+    (summary, episodes, events, patients, patient days) and the state the next build reads back."""
     for relative, _ in storage.files_under(local / REPORTS_DIR):
         data = (local / REPORTS_DIR / relative).read_bytes()
         storage.write_bytes_atomic(storage.join(url, REPORTS_DIR, *relative.split("/")), data)
-    for name in (SUMMARY_NAME, EPISODES_NAME):
-        storage.write_bytes_atomic(storage.join(url, name), (local / name).read_bytes())
+    for path in sorted(local.iterdir()):
+        if path.is_file() and not path.is_symlink() and (path.suffix == ".parquet" or path.name in KEPT_BETWEEN_BUILDS):
+            storage.write_bytes_atomic(storage.join(url, path.name), path.read_bytes())

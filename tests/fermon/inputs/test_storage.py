@@ -4,6 +4,7 @@ come from boto's environment variables only."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -192,6 +193,12 @@ def test_cli_process_and_report_over_s3(s3, clips_url: str, untrained_checkpoint
     report = CliRunner().invoke(app, ["report", out])
     assert report.exit_code == 0, report.output
     assert f"open {out}/reports/index.html" in report.output
+    # What one build keeps for the next (the settings) travels with the URL's outputs, as it does on disk.
+    assert CliRunner().invoke(app, ["report", out, "--timezone", "Europe/Berlin"]).exit_code == 0
+    assert CliRunner().invoke(app, ["report", out]).exit_code == 0
+    assert json.loads(s3.cat_file(f"{BUCKET}/cli-out/clinical.json"))["timezone"] == "Europe/Berlin"
+    names = {key.split("/cli-out/", 1)[1] for key in s3.find(f"{BUCKET}/cli-out", refresh=True)}
+    assert {"episodes.parquet", "clinical.json"} <= names
     # No credentials in any output: the bucket, the local ledger folder, the event log.
     written = [s3.cat_file(key) for key in s3.find(f"{BUCKET}/cli-out", refresh=True)]
     written += [p.read_bytes() for p in storage.state_dir(out).rglob("*") if p.is_file()]
