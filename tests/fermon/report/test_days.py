@@ -128,6 +128,17 @@ def test_types_through_the_api_and_plain_pandas(study: Path) -> None:
 
     assert str(pq.read_schema(study / "patient_days.parquet").field("date").type) == "date32[day]"
     assert json.loads(pq.read_schema(study / "patient_days.parquet").metadata[b"fermon"])["baseline"]["days"] == 7
+    # DuckDB (a test dependency) reads the same rows and values: the flagged night among them.
+    import duckdb
+
+    theirs = duckdb.sql(f"select * from '{study / 'patient_days.parquet'}'").df()
+    assert list(theirs.columns) == list(days.columns) and len(theirs) == len(days)
+    flagged = duckdb.sql(f"select patient_id, date, period from '{study / 'patient_days.parquet'}' where flagged")
+    assert flagged.fetchall() == [
+        tuple(row) for row in days.loc[days["flagged"], ["patient_id", "date", "period"]].values
+    ]
+    for column in ("share_sadness", "recorded_s", "coverage"):
+        assert np.allclose(theirs[column].to_numpy(float), days[column].to_numpy(float), equal_nan=True)
 
 
 def test_episodes_count_at_the_night_they_start() -> None:
