@@ -113,7 +113,7 @@ def _decoded(video: VideoFile, starts: np.ndarray, wanted: np.ndarray) -> Iterat
     for each packet that does not. A store's failure reopens the video at the keyframe before the next
     sampled frame, after ``storage.RETRY_DELAYS_S``; frames already handed on are not handed on again."""
     after, failures = -1, 0  # the last frame handed on; store failures since then
-    while True:
+    while len(wanted):
         resume = int(wanted[np.searchsorted(wanted, after, side="right")]) if after < wanted[-1] else None
         if resume is None:
             return

@@ -96,6 +96,13 @@ def test_segments_reopen_without_changing_frames(media: Path) -> None:
     assert np.array_equal(np.concatenate([b.frames for b in pieces]), whole)
 
 
+def test_no_sampled_frames_decode_nothing(media: Path) -> None:
+    video = VideoFile(media / "long.mp4", "long.mp4")
+    _, starts = probe(video)
+    gaps: list = []
+    assert list(iter_batches(video, np.zeros(0, np.int64), starts, gaps)) == [] and gaps == []
+
+
 def test_damaged_stretch_is_skipped_and_reported(media: Path) -> None:
     video = VideoFile(media / "bad" / "holed.mp4", "bad/holed.mp4")
     _, starts = probe(video)
