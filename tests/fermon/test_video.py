@@ -192,3 +192,34 @@ def test_decoder_failures_read_in_plain_words_with_the_raw_text_kept(tmp_path: P
             open_reader(VideoFile(path, path.name))
         assert str(caught.value) == f"{path.name}: not a readable video: {plain}"
         assert caught.value.detail and str(path.parent) not in caught.value.detail  # the decoder's words, no path
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "params"),
+    [
+        ("h264.mp4", "libx264", ()),
+        ("bframes.mp4", "libx264", ("-bf", "3", "-g", "12")),  # frames decoded out of display order
+        ("h264.mkv", "libx264", ()),
+        ("hevc.mov", "libx265", ("-tag:v", "hvc1")),
+        ("vp9.webm", "libvpx-vp9", ()),
+        ("mjpeg.avi", "mjpeg", ()),
+        ("mpeg4.avi", "mpeg4", ()),
+    ],
+)
+def test_decoded_frames_are_decords_frames(
+    tmp_path: Path, astronaut: np.ndarray, name: str, codec: str, params: tuple
+) -> None:
+    """PyAV decodes, decord's index numbers the frames: each sampled frame is the very frame, pixel for
+    pixel, that decord hands over for that number, whatever the container and codec."""
+    import decord
+
+    path = write_video(tmp_path / name, moving_face_frames(astronaut_face(astronaut), 3, 10), codec=codec,
+                       extra_params=params)  # fmt: skip
+    video = VideoFile(path, name)
+    _, starts = probe(video)
+    indices = sample_indices(starts, 5)
+    gaps: list = []
+    batches = list(iter_batches(video, indices, starts, gaps, batch=4))
+    expected = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1).get_batch(indices.tolist()).asnumpy()
+    assert gaps == [] and np.array_equal(np.concatenate([b.frame_indices for b in batches]), indices)
+    assert np.array_equal(np.concatenate([b.frames for b in batches]), expected)
