@@ -170,7 +170,10 @@ def patient_days(
     out = out.reset_index()
     covered = out["covered_frames"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["coverage"] = np.clip(out["covered_s"] / out["period_s"], 0.0, 1.0)  # overlapping chunks
+        # As everywhere in fermon (summary.parquet, patients.parquet): the share of the recorded samples
+        # with the patient's face. Not of the period's hours: a study that records part of each night
+        # (a 20-minute session) must still compare nights; recorded_s and period_s say how much of it.
+        out["coverage"] = covered / out["sampled_frames"].to_numpy(float)
         for c in class_names:
             out[f"share_{c}"] = out[f"count_{c}"] / covered
             out[f"mean_prob_{c}"] = out[f"sum_prob_{c}"] / covered

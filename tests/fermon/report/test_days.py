@@ -221,3 +221,18 @@ def test_baseline_options_are_checked(study: Path) -> None:
     assert result.exit_code == 64 and "--baseline-days must be at least 3" in result.output
     result = CliRunner().invoke(app, ["report", str(study), "--min-coverage", "1.5"])
     assert result.exit_code == 64 and "--min-coverage must be between 0 and 1" in result.output
+
+
+def test_short_recordings_of_each_night_are_compared(tmp_path: Path) -> None:
+    """A study that records 30 minutes of each night (the face seen throughout) compares its nights:
+    coverage is the share of recorded samples with the face, not of the night's hours."""
+    out = tmp_path / "out"
+    for day in range(17, 25):
+        sad = 0.45 if day == 24 else 0.04 + 0.01 * (day % 3)
+        write_night(out, f"p03-{day}", "P03", f"2026-10-{day}T23:00:00+02:00", 0.5, sad)
+    result = CliRunner().invoke(app, ["report", str(out), "--timezone", "Europe/Berlin", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    days = fermon.read_patient_days(out)
+    assert (days["coverage"] == 1.0).all() and (days["recorded_s"] == 1800).all()
+    flagged = days[days["flagged"]]
+    assert [(str(d), c) for d, c in zip(flagged["date"], flagged["flag_classes"])] == [("2026-10-24", "sadness")]
