@@ -286,13 +286,13 @@ def test_progress_events_cover_each_session_in_steps_of_at_most_a_tenth(first_ru
     assert run_start["video_s"] == pytest.approx(2 + 3 + 3 + 2, abs=0.5)  # the good clips; the bad add 0
 
 
-def _sessions_done(out: Path) -> int:
-    """Sessions the ledger records as done, read from outside the running process (0 before it exists)."""
+def _sessions_done(out: Path) -> set[str]:
+    """Sessions the ledger records as done, read from outside the running process (none before it exists)."""
     try:
         with sqlite3.connect(f"file:{out / LEDGER_NAME}?mode=ro", uri=True) as db:
-            return db.execute("SELECT COUNT(*) FROM sessions WHERE status = 'done'").fetchone()[0]
+            return {row[0] for row in db.execute("SELECT session_id FROM sessions WHERE status = 'done'")}
     except sqlite3.Error:
-        return 0
+        return set()
 
 
 @pytest.mark.slow
@@ -309,19 +309,21 @@ def test_killed_run_leaves_no_partial_timeline_and_rerun_finishes(
     command += ["--checkpoint", options.checkpoint, "--device", "cpu", "--workers", "0", "--quiet"]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    # Kill once the ledger records a finished session, not when a timeline appears: a timeline is
-    # renamed into place just before its ledger row is written, and a kill between the two (a rerun
-    # then redoes that session, correctly) would make the counts below depend on timing.
+    # Kill once the ledger records a finished session. A timeline is renamed into place just before
+    # its ledger row is written, so a kill may land between the two for the next session: the rerun
+    # then redoes that one, correctly. What the ledger recorded at the kill is what is up to date.
     while not _sessions_done(out) and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    recorded = _sessions_done(out)
     written = list((out / "timelines").glob("*.parquet"))
     assert 0 < len(written) < 12, "the kill should land mid-run"
+    assert recorded <= {path.stem for path in written}  # done means its timeline is there
     for path in written:  # every visible timeline is complete
         assert pq.read_metadata(path).num_rows > 0
     summary = run_process([source], out, options, workers=0)
-    assert len(summary.up_to_date) == len(written) and len(summary.done) == 12 - len(written)
+    assert set(summary.up_to_date) == recorded and len(summary.done) == 12 - len(recorded)
     assert not list((out / "timelines").glob(".*.tmp"))
     rerun = frame(out)
     reference = frame(first_run[0])
@@ -505,7 +507,7 @@ def test_interrupt_exits_with_one_line_and_records_what_finished(
     assert not ports, f"a default run listened on {ports}"
     assert "Traceback" not in stderr
     (line,) = [text for text in stderr.splitlines() if "interrupted" in text]
-    done = _sessions_done(out)
+    done = len(_sessions_done(out))
     assert line.endswith(f"interrupted: {done} sessions done, {12 - done} left for the next run")
     assert 0 < done < 12 and len(list((out / "timelines").glob("*.parquet"))) == done
     rerun = run_process([source], out, options, workers=0)
