@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fermon.faces.runtime import x86_flags
 from fermon.inputs.discover import find_inputs
 from fermon.run.process import ProcessOptions, run_process
 from fermon.run.stages import STAGES, profiling
@@ -46,16 +47,20 @@ def decode_seconds(video: Path) -> float:
 def machine() -> dict[str, object]:
     """The CPU's model and the features that decide precision and speed (Linux's /proc/cpuinfo)."""
     facts: dict[str, object] = {"processor": platform.machine(), "python": platform.python_version()}
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return facts
-    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
-    flags = set(fields.get("flags", "").split())
-    facts["cpu"] = fields.get("model name", "")
+    facts["cpu"] = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), ""
+    )  # fmt: skip
     facts["cores"] = os.cpu_count()
-    facts["features"] = sorted(flags & {"amx_tile", "avx512_bf16", "avx512f", "avx512_vnni", "avx2"})
+    features = {"amx_tile", "avx512_bf16", "avx512f", "avx512_vnni", "avx2"}
+    facts["features"] = sorted((x86_flags() or set()) & features)
     return facts
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def stage_table(video: Path, fps: float) -> dict[str, object]:

@@ -91,13 +91,13 @@ def cpu_bfloat16_is_fast() -> bool:
 
     if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
-    flags = _x86_flags()
+    flags = x86_flags()
     if flags is not None:
         return bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
     return _bfloat16_speedup() >= BFLOAT16_MIN_SPEEDUP
 
 
-def _x86_flags() -> set[str] | None:
+def x86_flags() -> set[str] | None:
     """The CPU's feature flags on x86 Linux, or None where they are not known."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
         return None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fermon.errors import InputError, StorageError
+from fermon.errors import InputError
 from fermon.inputs import storage
 
 UNKNOWN_CODEC = "unknown"
@@ -41,7 +41,7 @@ def _read_header(path: Path | str) -> ContainerFacts:
             return ContainerFacts(codec or UNKNOWN_CODEC, _parse_creation_time(found.metadata))
     except OSError as error:
         if storage.is_url(path) and storage.is_transient(error) and not isinstance(error, av.FFmpegError):
-            raise StorageError(f"{storage.shown(str(path))}: the store failed while reading ({error})") from error
+            raise storage.read_failure(storage.shown(str(path)), error) from error
         return ContainerFacts(UNKNOWN_CODEC, None)
     except (av.FFmpegError, InputError, ValueError):
         return ContainerFacts(UNKNOWN_CODEC, None)

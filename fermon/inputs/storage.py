@@ -126,6 +126,16 @@ def is_transient(error: BaseException) -> bool:
     return not isinstance(error, permanent)
 
 
+def read_failure(name: str, cause: BaseException | str) -> StorageError:
+    """The StorageError for a store that kept failing to serve ``name`` (a file's relative name or a
+    shown URL), with ``cause`` as one short line."""
+    reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}".splitlines()[0][:200]
+    tries = len(RETRY_DELAYS_S) + 1
+    return StorageError(
+        f"{name}: the store failed while reading ({reason}); tried {tries} times, the next run tries again"
+    )
+
+
 def retrying(action: Callable[[], Result]) -> Result:
     """``action``, tried again after each :class:`StorageError` with backoff (``RETRY_DELAYS_S``);
     the last try's StorageError is raised."""

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from fermon.analysis import PATIENT_DAYS_FILE
-from fermon.report.events import _period_mask, display_zone, session_start
+from fermon.report.events import _period_mask, class_sums, display_zone, session_start, with_shares
 
 DEFAULT_BASELINE_DAYS = 7
 DEFAULT_MIN_COVERAGE = 0.3
@@ -110,16 +110,13 @@ def session_days(
     for (day, period), index in keys.groupby(["date", "period"], sort=True).groups.items():
         part = samples.loc[index]
         covered = part[part["covered"]]
-        counts = covered["label"].value_counts()
         times = wall.loc[index]
         row = {"patient_id": str(patient_id), "session_id": str(metadata.get("session_id")), "date": day}
         row |= {"period": period, "sampled_frames": len(part), "covered_frames": len(covered)}
         row |= {"recorded_s": len(part) * step, "covered_s": len(covered) * step}
         row |= {"period_s": period_seconds(date.fromisoformat(day), period, night, zone)}
         row |= {"start_time": times.min().isoformat(), "end_time": times.max().isoformat()}
-        row |= {f"sum_prob_{c}": float(covered[f"prob_{c}"].sum()) for c in class_names}
-        row |= {f"count_{c}": int(counts.get(c, 0)) for c in class_names}
-        parts.append(row)
+        parts.append(row | class_sums(covered, class_names))
     return parts
 
 
@@ -167,16 +164,10 @@ def patient_days(
     out["period_s"] = grouped["period_s"].max()  # the same for every session of one zone
     out["start_time"], out["end_time"] = grouped["start_time"].min(), grouped["end_time"].max()
     out["sessions"] = grouped["session_id"].nunique()
-    out = out.reset_index()
-    covered = out["covered_frames"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # As everywhere in fermon (summary.parquet, patients.parquet): the share of the recorded samples
-        # with the patient's face. Not of the period's hours: a study that records part of each night
-        # (a 20-minute session) must still compare nights; recorded_s and period_s say how much of it.
-        out["coverage"] = covered / out["sampled_frames"].to_numpy(float)
-        for c in class_names:
-            out[f"share_{c}"] = out[f"count_{c}"] / covered
-            out[f"mean_prob_{c}"] = out[f"sum_prob_{c}"] / covered
+    # Coverage as everywhere in fermon (summary.parquet, patients.parquet): the share of the recorded
+    # samples with the patient's face. Not of the period's hours: a study that records part of each
+    # night (a 20-minute session) must still compare nights; recorded_s and period_s say how much.
+    out = with_shares(out.reset_index(), class_names)
     out = _with_episodes(out, table, episodes, class_names)
     out = baseline_columns(out, class_names, rule)
     return _typed(out[[n for n, _ in patient_days_columns(class_names)]], class_names)

@@ -233,17 +233,34 @@ def session_periods(
     for period, mask in (("day", ~is_night), ("night", is_night)):
         part = samples[mask]
         covered = part[part["covered"]]
-        counts = covered["label"].value_counts()
         row = {"patient_id": patient_id, "session_id": str(metadata.get("session_id")), "period": period}
         row |= {"sampled_frames": len(part), "covered_frames": len(covered)}
         times = wall[np.asarray(mask, bool)]
         # ISO text, None without samples: the parts are kept in the report's JSON manifest.
         row |= {"start_time": times.min().isoformat() if len(times) else None}
         row |= {"end_time": times.max().isoformat() if len(times) else None}
-        row |= {f"sum_prob_{c}": float(covered[f"prob_{c}"].sum()) for c in class_names}
-        row |= {f"count_{c}": int(counts.get(c, 0)) for c in class_names}
-        parts.append(row)
+        parts.append(row | class_sums(covered, class_names))
     return parts
+
+
+def class_sums(covered: pd.DataFrame, class_names: Sequence[str]) -> dict[str, float | int]:
+    """The sum of each class's probability and the count of each label over covered samples: what adds
+    up across sessions, per period here and per clinical date and period in fermon.report.days."""
+    counts = covered["label"].value_counts()
+    sums: dict[str, float | int] = {f"sum_prob_{c}": float(covered[f"prob_{c}"].sum()) for c in class_names}
+    return sums | {f"count_{c}": int(counts.get(c, 0)) for c in class_names}
+
+
+def with_shares(out: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """``coverage`` (covered of sampled frames), ``share_<class>`` and ``mean_prob_<class>`` (over the
+    covered samples) from summed parts, added to ``out``."""
+    covered = out["covered_frames"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["coverage"] = covered / out["sampled_frames"].to_numpy(float)
+        for c in class_names:
+            out[f"share_{c}"] = out[f"count_{c}"] / covered
+            out[f"mean_prob_{c}"] = out[f"sum_prob_{c}"] / covered
+    return out
 
 
 # --------------------------------------------------------------------------- the cohort
@@ -304,12 +321,7 @@ def patients_frame(parts: Sequence[Mapping[str, Any]], class_names: Sequence[str
     sessions = table[table["sampled_frames"] > 0].groupby(["patient_id", "period"])["session_id"].nunique()
     out = sums.reset_index()
     out["sessions"] = [int(sessions.get(key, 0)) for key in zip(out["patient_id"], out["period"])]
-    covered = out["covered_frames"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["coverage"] = covered / out["sampled_frames"].to_numpy(float)
-        for c in class_names:
-            out[f"share_{c}"] = out[f"count_{c}"] / covered
-            out[f"mean_prob_{c}"] = out[f"sum_prob_{c}"] / covered
+    out = with_shares(out, class_names)
     counts = out[[f"count_{c}" for c in class_names]].to_numpy()
     out["dominant_expression"] = [class_names[int(np.argmax(r))] if r.sum() else None for r in counts]
     return _typed_patients(out[columns], class_names)

@@ -49,7 +49,7 @@ def _fingerprint(location: Path | str) -> str:
         return file_fingerprint(location)
     except OSError as error:
         if storage.is_url(location) and storage.is_transient(error):
-            raise StorageError(f"{storage.shown(str(location))}: the store failed while reading ({error})") from error
+            raise storage.read_failure(storage.shown(str(location)), error) from error
         raise
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from fermon.inputs import storage
 from fermon.inputs.sessions import VideoFile
-from fermon.video.probe import first_line, store_failed
+from fermon.video.probe import first_line
 
 BATCH_SAMPLES = 8  # sampled frames handed on together
 TRIM_SAMPLES = 600  # hand freed memory back to the OS after this many sampled frames
@@ -129,7 +129,7 @@ def _decoded(video: VideoFile, starts: np.ndarray, wanted: np.ndarray) -> Iterat
             if not (storage.is_url(video.path) and storage.is_transient(error)):
                 raise
             if failures == len(storage.RETRY_DELAYS_S):
-                raise store_failed(video, f"{type(error).__name__}: {error}".splitlines()[0][:200]) from error
+                raise storage.read_failure(video.relative, error) from error
             time.sleep(storage.RETRY_DELAYS_S[failures])
             failures += 1
 

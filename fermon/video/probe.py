@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fermon.errors import DataError, InputError, StorageError
+from fermon.errors import DataError, InputError
 from fermon.inputs import relay, storage
 from fermon.inputs.containers import codec_of
 from fermon.inputs.sessions import VideoFile
@@ -144,7 +144,7 @@ def _open_remote_reader(video: VideoFile):
         raise InputError(f"{video.relative}: no such file") from error
     except OSError as error:
         if storage.is_transient(error):
-            raise store_failed(video, f"{type(error).__name__}: {error}".splitlines()[0][:200]) from error
+            raise storage.read_failure(video.relative, error) from error
         raise InputError(f"{video.relative}: unreadable ({error})") from error
     if size == 0:
         raise DataError(f"{video.relative}: empty file")
@@ -155,19 +155,12 @@ def _open_remote_reader(video: VideoFile):
     except (RuntimeError, decord.DECORDError) as error:
         source.close()
         if source.error is not None:  # the store failed, not the video
-            raise store_failed(video, source.error) from error
+            raise storage.read_failure(video.relative, source.error) from error
         raise _unreadable(video, error) from error
     reader.fermon_source = source  # served for as long as the reader lives
     if len(reader) == 0:
         raise DataError(f"{video.relative}: no video frames")
     return reader
-
-
-def store_failed(video: VideoFile, reason: str) -> StorageError:
-    tries = len(storage.RETRY_DELAYS_S) + 1
-    return StorageError(
-        f"{video.relative}: the store failed while reading ({reason}); tried {tries} times, the next run tries again"
-    )
 
 
 def _store_error(reader) -> str | None:
@@ -192,12 +185,12 @@ def _probe_once(video: VideoFile) -> tuple[VideoInfo, np.ndarray]:
         fps = float(reader.get_avg_fps())
     except (RuntimeError, decord.DECORDError) as error:
         if (failure := _store_error(reader)) is not None:
-            raise store_failed(video, failure) from error
+            raise storage.read_failure(video.relative, failure) from error
         raise
     failure = _store_error(reader)
     del reader
     if failure is not None:  # read through a failing store: the index may be incomplete
-        raise store_failed(video, failure)
+        raise storage.read_failure(video.relative, failure)
     starts = stamps[:, 0]
     duration = float(stamps[-1, 1]) if count else 0.0
     size = storage.size_of(video.path)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fermon.cli import app
 from fermon.errors import UsageError
 from fermon.faces.detector import CenterFaceDetector
-from fermon.faces.runtime import _bfloat16_speedup, _x86_flags, cpu_bfloat16_is_fast, network_dtype
+from fermon.faces.runtime import _bfloat16_speedup, cpu_bfloat16_is_fast, network_dtype, x86_flags
 from fermon.people.chips import face_chips
 from fermon.people.embedder import FaceEmbedder
 from fermon.people.linking import DISTANCE_THRESHOLD
@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 def test_auto_on_a_cpu_follows_the_cpus_own_flags() -> None:
     expected = torch.bfloat16 if cpu_bfloat16_is_fast() else torch.float32
     assert network_dtype("auto", CPU) is expected
-    flags = _x86_flags()
+    flags = x86_flags()
     if flags is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         # Native bfloat16 (AMX, AVX512-BF16) is chosen; oneDNN's emulation elsewhere is not.
         assert cpu_bfloat16_is_fast() == bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
